@@ -1,0 +1,119 @@
+"""Benchmark: CoLA latent-action decoding vs the same base's `generate`, both with KV caches, side by side.
+
+For each base size and batch size it measures tokens/s of (a) `base.generate` (greedy) and (b) CoLA decoding
+(policy-sampled action + greedy world-model token per step), in alternating repeats within one run, and reports
+
+    speed ratio  = CoLA tok/s / base tok/s
+    FLOP ideal   = base FLOPs / (base + policy + merge) FLOPs per token (2 × matmul parameters each)
+    efficiency   = speed ratio / FLOP ideal   (1.0 = no overhead beyond the added compute; target ≥ 0.9 at B=16)
+
+Run: `python bench/generation.py [--quick] [--out bench/results/generation.json]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from cola.model import CoLAForCausalLM
+
+SIZES = {
+    # The tiny profile's base (calibration.md §2) with its default CoLA sizes.
+    "tiny-1.25M": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2),
+    # A ~25M-parameter base, for a ratio less dominated by per-step Python overhead.
+    "base-25M": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8,
+                     num_key_value_heads=4),
+}
+VOCAB = 1024
+
+
+def matmul_params(module: torch.nn.Module) -> int:
+    """Parameters used as matmul weights per token (embedding lookups and norms excluded)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def flop_ideal(model: CoLAForCausalLM) -> tuple[float, dict[str, int]]:
+    base = matmul_params(model.base)  # decoder blocks + LM head
+    added = {"policy": matmul_params(model.policy) + model.policy_head.weight.numel(),
+             "merge": matmul_params(model.merge_blocks)}
+    return base / (base + sum(added.values())), {"base": base, **added}
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_size(name: str, batch: int, new_tokens: int, prompt_len: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=1024, tie_word_embeddings=False,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=1, **SIZES[name])
+    base = AutoModelForCausalLM.from_config(config).eval()
+    d = config.hidden_size
+    cola = CoLAForCausalLM.from_base(base, num_actions=64, n_idm_layers=2, n_policy_layers=2,
+                                     merge_intermediate_size=4 * d).eval()
+    ideal, flops = flop_ideal(cola)
+    ids = torch.randint(2, VOCAB, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+
+    def run_base():
+        with torch.no_grad():
+            out = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        assert out.shape[1] == prompt_len + new_tokens
+
+    def run_cola():
+        out = cola.generate_latent(ids, mask, max_new_tokens=new_tokens, action_mode="sample",
+                                   generator=torch.Generator().manual_seed(0))
+        assert out.sequences.shape[1] == prompt_len + new_tokens
+
+    run_base(), run_cola()  # warm-up
+    base_times, cola_times = [], []
+    for _ in range(repeats):  # alternate, so machine noise hits both alike
+        base_times += timed(run_base, 1)
+        cola_times += timed(run_cola, 1)
+    tokens = batch * new_tokens
+    base_tps = tokens / statistics.median(base_times)
+    cola_tps = tokens / statistics.median(cola_times)
+    ratio = cola_tps / base_tps
+    return {"size": name, "batch": batch, "new_tokens": new_tokens, "base_tok_s": base_tps,
+            "cola_tok_s": cola_tps, "speed_ratio": ratio, "flop_ideal": ideal, "efficiency": ratio / ideal,
+            "matmul_params": flops, "repeats": repeats}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke run)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/generation.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    new_tokens, repeats = (16, 2) if args.quick else (64, 5)
+    rows = [bench_size(name, batch, new_tokens, prompt_len=16, repeats=repeats)
+            for name in SIZES for batch in (1, 16)]
+    header = f"{'size':<12}{'batch':>6}{'base tok/s':>12}{'CoLA tok/s':>12}{'ratio':>8}{'ideal':>8}{'eff.':>7}"
+    print(header)
+    for r in rows:
+        print(f"{r['size']:<12}{r['batch']:>6}{r['base_tok_s']:>12.0f}{r['cola_tok_s']:>12.0f}"
+              f"{r['speed_ratio']:>8.2f}{r['flop_ideal']:>8.2f}{r['efficiency']:>7.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
+               "processor": platform.processor(), "torch": torch.__version__}
+    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

