@@ -83,3 +83,35 @@ def load_cola(path: str | Path, **kwargs) -> CoLAForCausalLM:
     """Check then load a CoLA checkpoint folder (`kwargs` go to `from_pretrained`, e.g. `dtype`)."""
     check_checkpoint(path)
     return CoLAForCausalLM.from_pretrained(path, **kwargs)
+
+
+def is_cola_folder(path: str | Path) -> bool:
+    """True when `path` holds a CoLA checkpoint (its config.json says model_type 'cola')."""
+    config_file = Path(path) / "config.json"
+    return config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "cola"
+
+
+def load_model_and_tokenizer(path: str | Path, **kwargs):
+    """Load any pipeline model folder: a CoLA checkpoint or a plain HF causal LM, each with its tokenizer.
+
+    Every model folder the pipeline writes holds the tokenizer beside the weights, so one path is enough.
+    Returns (model in eval mode, tokenizer with left padding, kind) where kind is "cola" or "base".
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such model folder")
+    if is_cola_folder(folder):
+        model, kind = load_cola(folder, **kwargs), "cola"
+    else:
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{folder / 'config.json'}: missing (not a model folder)")
+        model, kind = AutoModelForCausalLM.from_pretrained(folder, **kwargs), "base"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder}: no usable tokenizer beside the weights ({err})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer, kind

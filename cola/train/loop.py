@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -83,14 +84,41 @@ class TokenStream:
         return self
 
 
-LossFn = Callable[[torch.Tensor, torch.Generator], LossOutput]
+Batch = Any  # a tensor, or a dict / tuple of tensors (e.g. ids, attention mask, loss mask)
+LossFn = Callable[[Batch, torch.Generator], LossOutput]
+
+
+class BatchSource(Protocol):
+    """Anything that yields batches and draws them with `generator` (checkpointed for exact resumption)."""
+
+    generator: torch.Generator
+
+    def __next__(self) -> Batch: ...
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return type(batch)(to_device(v, device) for v in batch)
+
+
+def count_tokens(batch: Batch) -> int:
+    """Tokens in a batch: the attention mask's ones when there is one, else the id tensor's size."""
+    if isinstance(batch, torch.Tensor):
+        return batch.numel()
+    if isinstance(batch, dict):
+        mask = batch.get("attention_mask")
+        return int(mask.sum()) if mask is not None else count_tokens(batch["input_ids"])
+    return count_tokens(batch[0])
 LogFn = Callable[[int, dict[str, float]], None]
 
 
 def train(
     model: torch.nn.Module,
     loss_fn: LossFn,
-    batches: TokenStream,
+    batches: BatchSource,
     cfg: OptimConfig,
     *,
     checkpoint_dir: Path | None = None,
@@ -99,7 +127,7 @@ def train(
 ) -> dict[str, float]:
     """Run `cfg.steps` optimizer steps of `loss_fn(batch, generator)` on the model's trainable parameters.
 
-    `loss_fn` receives a (B, T) batch and a seeded generator for its own randomness (Gumbel noise), whose state
+    `loss_fn` receives a batch (see `BatchSource`) and a seeded generator for its own randomness (Gumbel noise), whose state
     is checkpointed with everything else. Returns the last logged metrics plus `tokens_per_second`.
     """
     torch.manual_seed(cfg.seed)
@@ -121,7 +149,7 @@ def train(
     bar = tqdm(range(start, cfg.steps), desc=description, initial=start, total=cfg.steps,
                disable=not accelerator.is_main_process, mininterval=2.0)
     for step in bar:
-        batch = next(batches).to(accelerator.device)
+        batch = to_device(next(batches), accelerator.device)
         out = loss_fn(batch, noise)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(out.loss)
@@ -129,7 +157,7 @@ def train(
                      else torch.tensor(float("nan")))
         optimizer.step()
         scheduler.step()
-        tokens += batch.numel()
+        tokens += count_tokens(batch)
         for key, value in {**out.metrics, "grad_norm": float(grad_norm)}.items():
             window.setdefault(key, []).append(value)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
@@ -150,7 +178,7 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save(folder: Path, step: int, model, optimizer, scheduler, batches: TokenStream,
+def _save(folder: Path, step: int, model, optimizer, scheduler, batches: BatchSource,
           noise: torch.Generator) -> None:
     """Write a resumable checkpoint atomically (temp folder, then rename over the old one); no pickle."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -168,7 +196,7 @@ def _save(folder: Path, step: int, model, optimizer, scheduler, batches: TokenSt
     tmp.rename(folder)
 
 
-def _resume(folder: Path | None, model, optimizer, scheduler, batches: TokenStream,
+def _resume(folder: Path | None, model, optimizer, scheduler, batches: BatchSource,
             noise: torch.Generator) -> int:
     """Restore the latest checkpoint in `folder`, if any; return the step to continue from."""
     if folder is None or not (folder / "progress.json").is_file():
