@@ -8,12 +8,13 @@ same final weights as an uninterrupted run (model, optimizer, scheduler and data
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +46,27 @@ class OptimConfig:
     checkpoint_every: int = field(default=200, metadata={"help": "Save a resumable checkpoint every N steps.",
                                                          "min": 1})
     seed: int = field(default=0, metadata={"help": "Seed for init, data sampling and Gumbel noise."})
+
+
+def optim_default(name: str, value: Any) -> Any:
+    """OptimConfig's field `name` with another default: stage configs inherit OptimConfig (so params read
+    `latent.lr`, `bc.steps`, ...) and set their own calibrated defaults this way."""
+    return field(default=value, metadata={f.name: f for f in fields(OptimConfig)}[name].metadata)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of params and inputs: a resumable checkpoint is reused only for the same fingerprint."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """Content hash of an input file or of every file in an input folder (mtimes change on checkout)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cosine_with_warmup(step: int, cfg: OptimConfig) -> float:
@@ -124,11 +146,14 @@ def train(
     checkpoint_dir: Path | None = None,
     on_log: LogFn | None = None,
     description: str = "train",
+    fingerprint: str = "",
 ) -> dict[str, float]:
     """Run `cfg.steps` optimizer steps of `loss_fn(batch, generator)` on the model's trainable parameters.
 
     `loss_fn` receives a batch (see `BatchSource`) and a seeded generator for its own randomness (Gumbel noise), whose state
-    is checkpointed with everything else. Returns the last logged metrics plus `tokens_per_second`.
+    is checkpointed with everything else. A checkpoint is resumed only when its `fingerprint` (a hash of the
+    stage's params and inputs) matches, and is deleted once training completes, so a re-run with other params
+    never continues from stale weights. Returns the last logged metrics plus `tokens_per_second`.
     """
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -140,7 +165,8 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for _, p in named]
     noise = torch.Generator().manual_seed(cfg.seed + 1)
-    start = _resume(checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler, batches, noise)
+    start = _resume(checkpoint_dir, fingerprint, accelerator.unwrap_model(model), optimizer, scheduler, batches,
+                    noise)
 
     model.train()
     window: dict[str, list[float]] = {}
@@ -169,7 +195,10 @@ def train(
             if on_log is not None:
                 on_log(step + 1, logged)
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save(checkpoint_dir, step + 1, accelerator.unwrap_model(model), optimizer, scheduler, batches, noise)
+            _save(checkpoint_dir, fingerprint, step + 1, accelerator.unwrap_model(model), optimizer, scheduler,
+                  batches, noise)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     model.eval()
     return logged
 
@@ -178,7 +207,7 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save(folder: Path, step: int, model, optimizer, scheduler, batches: BatchSource,
+def _save(folder: Path, fingerprint: str, step: int, model, optimizer, scheduler, batches: BatchSource,
           noise: torch.Generator) -> None:
     """Write a resumable checkpoint atomically (temp folder, then rename over the old one); no pickle."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -190,18 +219,21 @@ def _save(folder: Path, step: int, model, optimizer, scheduler, batches: BatchSo
     tensors.update(data_rng=batches.generator.get_state(), noise_rng=noise.get_state(),
                    torch_rng=torch.get_rng_state())
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    meta = {"step": step, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict()}
+    meta = {"step": step, "fingerprint": fingerprint, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict()}
     (tmp / "progress.json").write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
-def _resume(folder: Path | None, model, optimizer, scheduler, batches: BatchSource,
+def _resume(folder: Path | None, fingerprint: str, model, optimizer, scheduler, batches: BatchSource,
             noise: torch.Generator) -> int:
     """Restore the latest checkpoint in `folder`, if any; return the step to continue from."""
     if folder is None or not (folder / "progress.json").is_file():
         return 0
     meta = json.loads((folder / "progress.json").read_text())
+    if meta.get("fingerprint") != fingerprint:
+        print(f"note: ignoring the checkpoint in {folder}: it was written for other params or inputs")
+        return 0
     current = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in load_file(str(folder / "trainable.safetensors")).items():

@@ -1,0 +1,34 @@
+"""Packed token streams for pretraining-style stages: corpus lines joined as EOS ex EOS ex ... (calibration §1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def read_lines(path: Path) -> list[str]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: corpus file missing (run the prepare stage first)")
+    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
+def pack_lines(lines: list[str], tokenizer) -> torch.Tensor:
+    """One 1-D stream: EOS before every example, so each example starts from a clean boundary."""
+    eos = tokenizer.eos_token_id
+    encodings = tokenizer.backend_tokenizer.encode_batch(lines, add_special_tokens=False)
+    stream: list[int] = []
+    for encoding in encodings:
+        stream.append(eos)
+        stream.extend(encoding.ids)
+    return torch.tensor(stream, dtype=torch.long)
+
+
+def token_stream(path: Path, tokenizer) -> torch.Tensor:
+    return pack_lines(read_lines(path), tokenizer)
+
+
+def validation_batches(stream: torch.Tensor, seq_len: int, max_tokens: int) -> torch.Tensor:
+    """Consecutive non-overlapping windows (N, seq_len) covering up to `max_tokens` of a validation stream."""
+    n = min(stream.numel(), max_tokens) // seq_len
+    return stream[: n * seq_len].view(n, seq_len)
