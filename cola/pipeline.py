@@ -6,6 +6,7 @@ the stage with one line naming it, and nothing on disk changes.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,8 +64,13 @@ def load_pipeline_params(path: str | Path = "params.yaml") -> PipelineParams:
 
 
 @contextmanager
-def stage(name: str, params_path: str | Path = "params.yaml"):
-    """Validate params.yaml, then open the stage's MLflow run; yields (its config, run, history list)."""
+def stage(name: str, params_path: str | Path | None = None):
+    """Validate params.yaml, then open the stage's MLflow run; yields (its config, run).
+
+    `run.on_log(step, metrics)` logs step metrics and keeps them in `run.history` for plots. The params file
+    is `params.yaml` unless `COLA_PARAMS` names another (used by tests to try bad params without touching it).
+    """
+    params_path = params_path or os.environ.get("COLA_PARAMS", "params.yaml")
     params = load_pipeline_params(params_path)
     cfg = getattr(params, name)
     if cfg is None:

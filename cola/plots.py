@@ -31,3 +31,13 @@ def histogram(shares: list[float], title: str, xlabel: str = "latent action (sor
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def bars(values: dict[str, float], title: str, ylabel: str = ""):
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(values)), 3.5))
+    ax.bar(list(values), list(values.values()))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=60)
+    fig.tight_layout()
+    return fig

@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 
 from cola import plots
 from cola.data.corpus import read_lines
-from cola.eval.harness import bc_accuracy, perplexity
+from cola.eval.harness import perplexity
 from cola.params import cli_main
 from cola.pipeline import stage
 from cola.train.bc import run_bc
@@ -22,7 +22,7 @@ def main() -> None:
         lines = read_lines(Path("data/corpus/val.txt"))
         diag = perplexity(model, tokenizer, "cola", lines, seq_len=cfg.seq_len, max_tokens=cfg.val_tokens)
         diag.pop("usage_histogram", None)
-        diag.update(bc_accuracy(model, tokenizer, lines, seq_len=cfg.seq_len, max_tokens=cfg.val_tokens))
+        diag["bc_top1"] = diag.pop("policy_idm_agreement")
         diag["marginal_over_base"] = diag["wm_loss_policy_marginal"] / diag["base_loss"]
         run.log_output("models/bc")
         run.summary({**diag, "train_tokens_per_second": run.history[-1][1]["tokens_per_second"]})

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from cola import plots
 from cola.data.corpus import read_lines
 from cola.eval.harness import perplexity
@@ -16,8 +18,6 @@ def main() -> None:
                            checkpoint_dir=Path("checkpoints/latent"), on_log=run.on_log)
         run.log_figure(plots.curves(run.history, ["loss", "wm_ce"], "latent-action pretraining"),
                        "plots/latent_loss.png", save_to="plots/latent_loss.png")
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained("models/latent")
         diag = perplexity(model, tokenizer, "cola", read_lines(Path("data/corpus/val.txt")),
                           seq_len=cfg.seq_len, max_tokens=cfg.val_tokens, marginal=False)

@@ -14,22 +14,23 @@ Both return a :class:`Rollout`; ``logprobs(rollout)`` gives log π(a_t) for the 
 actions or tokens) as a (B, N) tensor aligned with ``rollout.response_mask``, with gradient to
 ``trainable_parameters()``. ``reference()`` returns a frozen copy that scores the same rollout for the KL term.
 
-Prompts are encoded without special tokens and prefixed with the tokenizer's BOS when it has one (the tiny
-tokenizer's EOS doubles as BOS and its corpus is ``EOS ex EOS ex ...``), then left-padded: the G samples of a
-prompt are consecutive rows, which is the group layout :mod:`cola.rl.advantages` expects.
+Prompts are encoded as the evaluation harness does (``EOS prompt``, as examples appear in the packed corpus)
+and left-padded; the G samples of a prompt are consecutive rows, the group layout :mod:`cola.rl.advantages`
+expects.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from cola.model.generation import choose_actions
+from cola.eval import harness
 from cola.model.modeling_cola import CoLAForCausalLM, left_padded_positions
 
 __all__ = [
@@ -39,7 +40,9 @@ __all__ = [
     "Rollout",
     "Scorer",
     "TokenPolicy",
+    "TokenReference",
     "encode_prompts",
+    "score_positions",
 ]
 
 
@@ -58,14 +61,9 @@ class Rollout:
     response_mask: Tensor  # (B, N) bool, generated steps up to and including EOS
     old_logprobs: Tensor  # (B, N) log π_behaviour(a) recorded while sampling; 0 on masked steps
     prompt_length: int  # P
+    group_size: int  # G: rows b and b' hold the same prompt ids when b // G == b' // G
     actions: Tensor | None = None  # (B, N) latent action per step (-1 masked); None for the token policy
     hidden: Tensor | None = None  # (B, P + N − 1, d) base states h that chose the actions (latent only)
-
-    @property
-    def group_size(self) -> int:
-        """G, recovered from the layout: rows are prompts repeated consecutively."""
-        first = self.prompts[0]
-        return next((i for i, p in enumerate(self.prompts) if p != first), len(self.prompts))
 
     @property
     def response_tokens(self) -> Tensor:
@@ -107,21 +105,15 @@ class Policy(Scorer, Protocol):
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], group_size: int = 1, prepend_bos: bool = True
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], group_size: int = 1
 ) -> tuple[Tensor, Tensor]:
     """Left-padded ids and mask (B, P) with every prompt repeated ``group_size`` times consecutively.
 
-    Each distinct prompt is tokenized once. No special tokens are added by the tokenizer; BOS is prepended
-    by hand (when the tokenizer has one) so both policies see exactly the same prompt ids.
+    The encoding is the evaluation harness's (``EOS prompt``, no other special tokens), so RL optimises
+    exactly the inputs the reported accuracy is measured on. Each distinct prompt is tokenized once.
     """
-    bos = tokenizer.bos_token_id if prepend_bos else None
-    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    rows = [([bos] if bos is not None else []) + ids for ids in encoded for _ in range(group_size)]
-    width = max(map(len, rows))
-    pad = pad_token_id(tokenizer)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-    return ids, mask
+    rows = [ids for ids in harness.encode_prompts(tokenizer, prompts) for _ in range(group_size)]
+    return harness.left_pad(rows, pad_token_id(tokenizer))
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -133,7 +125,7 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def decode_completions(tokenizer: PreTrainedTokenizerBase, tokens: Tensor, mask: Tensor) -> list[str]:
     """Decode each row's valid response tokens; special tokens (EOS) are dropped."""
-    rows = [row[m].tolist() for row, m in zip(tokens, mask.bool())]
+    rows = [row[m].tolist() for row, m in zip(tokens, mask.bool(), strict=True)]
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
@@ -156,14 +148,72 @@ def _gather_logprobs(
 
 
 def _top_k_sample(logits: Tensor, top_k: int | None, generator: torch.Generator) -> Tensor:
-    """One sample per row from softmax of (already temperature-scaled) logits truncated to the top k."""
+    """One sample per row from softmax of (already temperature-scaled) logits truncated to the top k.
+
+    Inverse-CDF sampling: one uniform draw per row. ``torch.multinomial`` draws one exponential per
+    vocabulary entry, which on CPU costs more than the tiny model's whole decoding step at vocab 1024.
+    """
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device) * cdf[:, -1:]
+    # The first index whose cdf exceeds u; a zero-probability entry never does (its cdf equals its
+    # predecessor's), so truncated tokens cannot be drawn.
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+# A causal network run on (inputs, mask, positions, cache, use_cache, keep) -> (outputs of the last `keep`
+# positions, or of all when keep is None; cache).
+CausalRun = Callable[[Tensor, Tensor, Tensor, Any, bool, "int | None"], tuple[Tensor, Any]]
+
+
+def score_positions(
+    run: CausalRun, inputs: Tensor, mask: Tensor, prompt_length: int, group_size: int, share_prompt: bool = True
+) -> Tensor:
+    """Outputs of a causal network at positions P − 1 … T − 1 of ``inputs`` (B, T, …): the ones that score
+    the response.
+
+    With ``share_prompt`` the prompt, identical for the G rows of a group, runs once per group: its KV cache
+    is repeated G times and the response positions run on top of it. The result equals the plain full
+    forward (same keys, values, masks and positions) at about (P·B/G + (T − P)·B) / (T·B) of the cost, and
+    gradients flow through the cached keys and values into the prompt computation, so training is unchanged.
+    """
+    positions = left_padded_positions(mask)  # generation's positions, so RoPE sees the same offsets
+    p, g, t = prompt_length, group_size, inputs.shape[1]
+    if not share_prompt or g == 1:
+        out, _ = run(inputs, mask, positions, None, False, t - p + 1)
+        return out
+    head, cache = run(inputs[::g, :p], mask[::g, :p], positions[::g, :p], None, True, 1)
+    head = head.repeat_interleave(g, dim=0)
+    if t == p:
+        return head
+    cache.batch_repeat_interleave(g)
+    tail, _ = run(inputs[:, p:], mask, positions[:, p:], cache, True, None)
+    return torch.cat([head, tail], dim=1)
 
 
 # ------------------------------------------------------------------------------------------------ latent
+
+
+def _latent_logprobs(
+    stack: nn.Module, head: nn.Module, temperature: float, rollout: Rollout, with_entropy: bool,
+    share_prompt: bool = True,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Re-score the recorded actions from the recorded h: the policy stack runs over all P + N − 1 positions
+    (it is causal and attends to the prompt), the head only at the N action positions P − 1 + i."""
+    if rollout.hidden is None or rollout.actions is None:
+        raise ValueError("a latent rollout needs its recorded hidden states and actions")
+
+    def run(h: Tensor, mask: Tensor, positions: Tensor, cache: Any, use_cache: bool, keep: int | None):
+        out = stack(inputs_embeds=h, attention_mask=mask, position_ids=positions, cache=cache, use_cache=use_cache)
+        states = out.last_hidden_state
+        return head(states if keep is None else states[:, -keep:]), out.cache
+
+    # h is a constant here: the policy reads sg(h) (cola-spec.md §9 item 4), so no gradient reaches the base.
+    w = score_positions(run, rollout.hidden.detach(), rollout.attention_mask[:, :-1], rollout.prompt_length,
+                        rollout.group_size, share_prompt)
+    return _gather_logprobs(w, rollout.actions, rollout.response_mask, temperature, with_entropy)
 
 
 class LatentReference(nn.Module):
@@ -173,29 +223,15 @@ class LatentReference(nn.Module):
     nothing else enters log π_ref(a_t).
     """
 
-    def __init__(self, stack: nn.Module, head: nn.Module, temperature: float) -> None:
+    def __init__(self, stack: nn.Module, head: nn.Module, temperature: float, share_prompt: bool = True) -> None:
         super().__init__()
         self.stack = copy.deepcopy(stack).requires_grad_(False).eval()
         self.head = copy.deepcopy(head).requires_grad_(False).eval()
-        self.temperature = temperature
+        self.temperature, self.share_prompt = temperature, share_prompt
 
     @torch.no_grad()
     def logprobs(self, rollout: Rollout, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        return _latent_logprobs(self.stack, self.head, self.temperature, rollout, with_entropy)
-
-
-def _latent_logprobs(
-    stack: nn.Module, head: nn.Module, temperature: float, rollout: Rollout, with_entropy: bool
-) -> Tensor | tuple[Tensor, Tensor]:
-    """Re-score the recorded actions from the recorded h: the policy stack over all P + N − 1 positions
-    (it is causal and attends to the prompt), the head only at the N action positions P − 1 + i."""
-    if rollout.hidden is None or rollout.actions is None:
-        raise ValueError("a latent rollout needs its recorded hidden states and actions")
-    mask = rollout.attention_mask[:, :-1]
-    positions = left_padded_positions(mask)  # the positions generation used, so RoPE sees the same offsets
-    states = stack(inputs_embeds=rollout.hidden.detach(), attention_mask=mask, position_ids=positions)
-    w = head(states.last_hidden_state[:, rollout.prompt_length - 1 :])
-    return _gather_logprobs(w, rollout.actions, rollout.response_mask, temperature, with_entropy)
+        return _latent_logprobs(self.stack, self.head, self.temperature, rollout, with_entropy, self.share_prompt)
 
 
 class LatentActionPolicy:
@@ -207,16 +243,17 @@ class LatentActionPolicy:
         top_k: behaviour sampling keeps the top k of the K action logits (paper: 40 of 64).
         temperature: behaviour sampling temperature of the actions (paper: 1). Log-probs always use
             ``model.config.policy_temperature``, as the released code does.
+        share_prompt: score the G rows of a group on one shared prompt computation (see `score_positions`).
     """
 
     kind = "cola"
 
     def __init__(
         self, model: CoLAForCausalLM, tokenizer: PreTrainedTokenizerBase, top_k: int | None = 40,
-        temperature: float = 1.0, prepend_bos: bool = True,
+        temperature: float = 1.0, share_prompt: bool = True,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.top_k, self.temperature, self.prepend_bos = top_k, temperature, prepend_bos
+        self.top_k, self.temperature, self.share_prompt = top_k, temperature, share_prompt
         # Eval mode throughout: no dropout, so the policy that sampled and the one being updated are the same
         # function (the ratio is exactly 1 on the first PPO epoch).
         self.model.eval()
@@ -225,7 +262,7 @@ class LatentActionPolicy:
     def rollout(
         self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator
     ) -> Rollout:
-        ids, mask = encode_prompts(self.tokenizer, prompts, group_size, self.prepend_bos)
+        ids, mask = encode_prompts(self.tokenizer, prompts, group_size)
         out = self.model.generate_latent(
             ids, mask, max_new_tokens=max_new_tokens, action_mode="sample", action_top_k=self.top_k,
             action_temperature=self.temperature, token_sampling=False, eos_token_id=self.tokenizer.eos_token_id,
@@ -236,32 +273,62 @@ class LatentActionPolicy:
             prompts=[p for p in prompts for _ in range(group_size)],
             completions=decode_completions(self.tokenizer, tokens, out.response_mask),
             sequences=out.sequences, attention_mask=out.attention_mask, response_mask=out.response_mask,
-            old_logprobs=out.action_logprobs, prompt_length=out.prompt_length, actions=out.actions,
-            hidden=out.hidden,
+            old_logprobs=out.action_logprobs, prompt_length=out.prompt_length, group_size=group_size,
+            actions=out.actions, hidden=out.hidden,
         )
 
     def logprobs(self, rollout: Rollout, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """log π(a_t) of the recorded actions from the recorded h (the base is never run again)."""
-        return _latent_logprobs(
-            self.model.policy, self.model.policy_head, self.model.config.policy_temperature, rollout, with_entropy
-        )
+        return _latent_logprobs(self.model.policy, self.model.policy_head, self.model.config.policy_temperature,
+                                rollout, with_entropy, self.share_prompt)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Only the policy (stack + head), per cola-spec.md §7; everything else is frozen."""
         return self.model.set_stage("rl")
 
     def reference(self) -> LatentReference:
-        return LatentReference(self.model.policy, self.model.policy_head, self.model.config.policy_temperature)
+        return LatentReference(self.model.policy, self.model.policy_head, self.model.config.policy_temperature,
+                               self.share_prompt)
 
 
 # ------------------------------------------------------------------------------------------------ token
+
+
+def _token_logprobs(
+    model: PreTrainedModel, temperature: float, rollout: Rollout, with_entropy: bool, share_prompt: bool = True
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The last token is never an input (nothing is scored after it); the LM head runs only at positions
+    P − 1 … P + N − 2, which score the N response tokens."""
+
+    def run(ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, use_cache: bool, keep: int | None):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=use_cache,
+                    logits_to_keep=keep or 0)
+        return out.logits, out.cache
+
+    logits = score_positions(run, rollout.sequences[:, :-1], rollout.attention_mask[:, :-1],
+                             rollout.prompt_length, rollout.group_size, share_prompt)
+    return _gather_logprobs(logits, rollout.response_tokens, rollout.response_mask, temperature, with_entropy)
+
+
+class TokenReference(nn.Module):
+    """A frozen deep copy of the whole token-level model."""
+
+    def __init__(self, model: PreTrainedModel, temperature: float, share_prompt: bool = True) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        self.temperature, self.share_prompt = temperature, share_prompt
+
+    @torch.no_grad()
+    def logprobs(self, rollout: Rollout, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        return _token_logprobs(self.model, self.temperature, rollout, with_entropy, self.share_prompt)
 
 
 class TokenPolicy:
     """The token-level baseline: a plain HF causal LM sampling tokens; the whole model trains.
 
     Sampling is a small KV-cached loop rather than ``model.generate`` because ``generate`` cannot take a
-    ``torch.Generator``: with one, a seeded run is reproducible without touching the global RNG.
+    ``torch.Generator``: with one, a seeded run is reproducible without touching the global RNG. It also
+    lets the G copies of a prompt share one prefill.
 
     Args:
         model: any ``AutoModelForCausalLM``.
@@ -269,37 +336,44 @@ class TokenPolicy:
             ratio is 1 on the first epoch.
         top_k: optional truncation of the sampling distribution (None = the full vocabulary, the spec's
             baseline). Log-probs use the full softmax either way.
+        share_prompt: prefill and score each prompt once per group (see `score_positions`).
     """
 
     kind = "token"
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, temperature: float = 1.0,
-        top_k: int | None = None, prepend_bos: bool = True,
+        top_k: int | None = None, share_prompt: bool = True,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.temperature, self.top_k, self.prepend_bos = temperature, top_k, prepend_bos
+        self.temperature, self.top_k, self.share_prompt = temperature, top_k, share_prompt
         self.model.eval()  # no dropout: sampler and learner are the same function
 
     @torch.no_grad()
     def rollout(
         self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator
     ) -> Rollout:
-        ids, prompt_mask = encode_prompts(self.tokenizer, prompts, group_size, self.prepend_bos)
-        eos = self.tokenizer.eos_token_id
-        pad = pad_token_id(self.tokenizer)
+        ids, prompt_mask = encode_prompts(self.tokenizer, prompts, group_size)
+        eos, pad = self.tokenizer.eos_token_id, pad_token_id(self.tokenizer)
         batch, prompt_length = ids.shape
+        positions = left_padded_positions(prompt_mask)
+
+        # Prefill: the G rows of a group hold the same prompt, so run it once per group and repeat the cache.
+        g = group_size if self.share_prompt else 1
+        out = self.model(input_ids=ids[::g], attention_mask=prompt_mask[::g], position_ids=positions[::g],
+                         use_cache=True, logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1].repeat_interleave(g, dim=0)
+        if g > 1:
+            cache.batch_repeat_interleave(g)
+
         sequences, mask = ids, prompt_mask
         done = torch.zeros(batch, dtype=torch.bool)
-        step_ids, step_positions = ids, left_padded_positions(prompt_mask)
-        cache, alive, logprobs = None, [], []
-        for _ in range(max_new_tokens):
-            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, cache=cache,
-                             use_cache=True, logits_to_keep=1)
-            cache = out.cache
-            logits = out.logits[:, -1].float() / self.temperature
-            token = _top_k_sample(logits, self.top_k, generator)
-            logp = torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
+        step_positions = positions[:, -1:]
+        alive, logprobs = [], []
+        for step in range(max_new_tokens):
+            scaled = logits.float() / self.temperature
+            token = _top_k_sample(scaled, self.top_k, generator)
+            logp = torch.log_softmax(scaled, -1).gather(-1, token[:, None]).squeeze(-1)
 
             alive.append(~done)
             logprobs.append(torch.where(done, 0.0, logp))
@@ -309,20 +383,25 @@ class TokenPolicy:
             sequences = torch.cat([sequences, token[:, None]], dim=1)
             # Every new column is attended during sampling; rows that are done only produce masked pads.
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            step_ids, step_positions = token[:, None], step_positions[:, -1:] + 1
-            if done.all():
+            if done.all() or step == max_new_tokens - 1:
                 break
+            step_positions = step_positions + 1
+            out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=step_positions,
+                             cache=cache, use_cache=True)
+            cache, logits = out.cache, out.logits[:, -1]
+
         response_mask = torch.stack(alive, 1)
         return Rollout(
             prompts=[p for p in prompts for _ in range(group_size)],
             completions=decode_completions(self.tokenizer, sequences[:, prompt_length:], response_mask),
             sequences=sequences, attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
             response_mask=response_mask, old_logprobs=torch.stack(logprobs, 1), prompt_length=prompt_length,
+            group_size=group_size,
         )
 
     def logprobs(self, rollout: Rollout, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """log π(x_{P+i}) from one forward over prompt + response; the LM head runs on the N scored positions."""
-        return _token_logprobs(self.model, self.temperature, rollout, with_entropy)
+        """log π(x_{P+i}) from one pass over prompt + response; the LM head runs on the N scored positions."""
+        return _token_logprobs(self.model, self.temperature, rollout, with_entropy, self.share_prompt)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every parameter of the model (tied weights once)."""
@@ -331,30 +410,5 @@ class TokenPolicy:
             p.requires_grad_(True)
         return params
 
-    def reference(self) -> _TokenReference:
-        return _TokenReference(self.model, self.temperature)
-
-
-def _token_logprobs(
-    model: PreTrainedModel, temperature: float, rollout: Rollout, with_entropy: bool
-) -> Tensor | tuple[Tensor, Tensor]:
-    n = rollout.response_mask.shape[1]
-    mask = rollout.attention_mask[:, :-1]
-    # The last token is never an input (nothing is scored after it); logits_to_keep=N applies the LM head
-    # only at positions P − 1 … P + N − 2, which score the N response tokens.
-    out = model(input_ids=rollout.sequences[:, :-1], attention_mask=mask, position_ids=left_padded_positions(mask),
-                use_cache=False, logits_to_keep=n)
-    return _gather_logprobs(out.logits, rollout.response_tokens, rollout.response_mask, temperature, with_entropy)
-
-
-class _TokenReference(nn.Module):
-    """A frozen deep copy of the whole token-level model."""
-
-    def __init__(self, model: PreTrainedModel, temperature: float) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(model).requires_grad_(False).eval()
-        self.temperature = temperature
-
-    @torch.no_grad()
-    def logprobs(self, rollout: Rollout, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        return _token_logprobs(self.model, self.temperature, rollout, with_entropy)
+    def reference(self) -> TokenReference:
+        return TokenReference(self.model, self.temperature, self.share_prompt)

@@ -63,6 +63,8 @@ def run_base(cfg: BaseConfig, data_dir: Path, out_dir: Path, *, checkpoint_dir: 
              on_log: LogFn | None = None) -> dict[str, float]:
     """Build the base folder at `out_dir`; returns its headline metrics."""
     torch.set_num_threads(cfg.threads)
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC output even when nothing is trained
     if cfg.source == "smollm2":
         from cola.base.smollm2 import import_smollm2
 

@@ -29,7 +29,8 @@ class BCConfig(OptimConfig):
     warmup_steps: int = optim_default("warmup_steps", 30)
     log_every: int = optim_default("log_every", 20)
     checkpoint_every: int = optim_default("checkpoint_every", 100)
-    val_tokens: int = field(default=16384, metadata={"help": "Held-out tokens for the diagnostics.",
+    val_tokens: int = field(default=8192, metadata={"help": "Held-out tokens for the diagnostics (the "
+                                                    "policy-marginal loss costs K world-model passes).",
                                                      "min": 128})
     threads: int = field(default=2, metadata={"help": "torch CPU threads.", "min": 1})
 

@@ -12,21 +12,27 @@ the downstream format, with a response-only next-token loss on the tasks' SFT da
   then (b) the policy is behaviour-cloned again on the fine-tuned base's IDM labels (`fta_i_policy`), because
   (a) moved the hidden states the policy reads.
 
+The guiding actions are deterministic but not constant: the frozen policy (or IDM) reads h, which FTA changes,
+so the `action_usage_perplexity` metric tracks how they drift.
+
 The SFT baseline is plain next-token CE of the base on the same examples, with the same budget and batch shape
 and all base parameters trainable: it is where the token-level RL baseline starts (design.md §4).
 
 Resumption: every (sub-)stage checkpoints into its own subfolder of `checkpoint_dir` (``fta_p``,
-``fta_i_world``, ``fta_i_policy``, ``sft``). A finished FTA-I (a) also writes its final base + head weights to
-``fta_i_world.done``, so a run killed during (b) restores them instead of redoing (a).
+``fta_i_world``, ``fta_i_policy``, ``sft``); the loop deletes a subfolder once its sub-stage completes. A
+finished FTA-I (a) writes its final base + head weights to ``fta_i_world.done``, so a run killed during (b)
+restores them instead of redoing (a); that folder goes once (b) completes. Every checkpoint is stamped with a
+fingerprint of the config, the examples and the caller's `inputs_fingerprint`, and is ignored on a mismatch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from cola.model.modeling_cola import CoLAForCausalLM, left_padded_positions
-from cola.train.loop import LogFn, OptimConfig, to_device, train
+from cola.train.loop import LogFn, OptimConfig, fingerprint, optim_default, to_device, train
 from cola.train.losses import LossOutput, behaviour_cloning_loss, next_token_ce, world_model_loss
 from cola.train.sft_data import SFTBatches
 
@@ -46,38 +52,40 @@ TASK_NAMES = ("arith", "wordprob", "countdown", "spell", "wrev")
 # retention tasks (spell, wrev) are left out on purpose: they measure what fine-tuning and RL cost.
 DEFAULT_TASKS = ("arith", "wordprob", "countdown")
 
-
-def default_sft_optim() -> OptimConfig:
-    """Optimisation defaults shared by FTA and the SFT baseline (same budget and batch shape by construction).
-
-    The paper uses lr 5e-6 at 8B with batch 256 for one epoch, Adam (0.9, 0.95), no weight decay, 3 % warmup
-    and cosine to 0.1× (cola-spec.md §8). A 1.25M-parameter base needs a far larger step size to move in a few
-    hundred steps, so the tiny default is 1e-3 (a third of its pretraining lr); the schedule shape is the
-    paper's. Scale lr back towards 5e-6 for large bases.
-    """
-    return OptimConfig(steps=300, batch_size=32, seq_len=128, lr=1e-3, min_lr_ratio=0.1, warmup_steps=9,
-                       weight_decay=0.0, beta1=0.9, beta2=0.95, grad_clip=1.0, log_every=25,
-                       checkpoint_every=100, seed=0)
+_OPTIM_META = {f.name: f.metadata for f in dataclasses.fields(OptimConfig)}
 
 
 @dataclass
-class SFTConfig:
-    """Plain supervised fine-tuning of the base (``params.yaml`` section ``sft``): the token-level baseline."""
+class SFTConfig(OptimConfig):
+    """Supervised fine-tuning of the base on the tasks' SFT data (``params.yaml`` section ``sft``).
 
+    The token-level baseline, and the data/budget half of `FTAConfig` (which inherits it, so both stages get
+    the same defaults). The paper fine-tunes with lr 5e-6 at 8B, batch 256, one epoch, Adam (0.9, 0.95), no
+    weight decay, 3 % warmup and cosine to 0.1x (cola-spec.md §8); the schedule shape here is the paper's.
+    """
+
+    steps: int = optim_default("steps", 300)
+    batch_size: int = optim_default("batch_size", 32)
+    seq_len: int = field(default=128, metadata={
+        **_OPTIM_META["seq_len"],
+        "help": "Longest sequence EOS+prompt+completion+EOS (one example per sequence, right-padded); longer "
+                "ones are cut at the end, ones whose prompt does not fit are dropped.", "min": 3})
+    lr: float = field(default=1e-3, metadata={
+        **_OPTIM_META["lr"],
+        "help": "Peak learning rate (paper 5e-6 at 8B; the 1.25M tiny base needs ~1e-3 to move in a few hundred "
+                "steps, a third of its pretraining lr; scale it down for large bases)."})
+    warmup_steps: int = optim_default("warmup_steps", 9)  # 3 % of the steps, as the paper
+    weight_decay: float = optim_default("weight_decay", 0.0)  # the paper's SFT uses none
+    log_every: int = optim_default("log_every", 20)
+    checkpoint_every: int = optim_default("checkpoint_every", 100)
     tasks: list[str] = field(
         default_factory=lambda: list(DEFAULT_TASKS),
         metadata={"help": "Tasks whose train split is the SFT data (sampled uniformly over all their examples).",
                   "choices": list(TASK_NAMES)},
     )
-    optim: OptimConfig = field(
-        default_factory=default_sft_optim,
-        metadata={"help": "Optimisation; optim.seq_len is unused (a sequence is one example, see max_len)."},
-    )
-    max_len: int = field(
-        default=128,
-        metadata={"help": "Longest sequence EOS+prompt+completion+EOS in tokens; longer ones are cut at the "
-                          "end, ones whose prompt does not fit are dropped.", "min": 3},
-    )
+    # Sequences are one short example each (~20-60 tokens), where thread start-up costs more than it saves:
+    # one thread was 1.5-10x faster than two for both FTA and SFT on the 1.25M base (a loaded 2-core machine).
+    threads: int = field(default=1, metadata={"help": "torch CPU threads.", "min": 1})
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -86,7 +94,7 @@ class SFTConfig:
 
 @dataclass
 class FTAConfig(SFTConfig):
-    """Fine-tuning under action guidance (``params.yaml`` section ``fta``); shares the SFT data and budget."""
+    """Fine-tuning under action guidance (``params.yaml`` section ``fta``); same data and budget as `SFTConfig`."""
 
     variant: str = field(
         default="fta_p",
@@ -95,7 +103,7 @@ class FTAConfig(SFTConfig):
                   "choices": ["fta_p", "fta_i"]},
     )
     policy_rebc_steps: int = field(
-        default=150,
+        default=300,  # the paper runs both sub-stages for one epoch of the same data
         metadata={"help": "FTA-I only: optimizer steps of the policy re-BC sub-stage (b), same optim otherwise.",
                   "min": 1},
     )
@@ -112,32 +120,39 @@ def run_fta(
     *,
     checkpoint_dir: str | Path | None = None,
     on_log: LogFn | None = None,
+    inputs_fingerprint: str = "",
 ) -> dict[str, float]:
     """Fine-tune `model` under action guidance on `examples` (``prompt`` / ``completion`` dicts).
 
     Returns the final logged metrics of the world-model fine-tune (`loss` = response CE of the world model
-    under the guiding actions, `tokens_per_second`, ...); FTA-I adds its re-BC metrics prefixed ``rebc_``.
-    `on_log(step, metrics)` sees the same keys; FTA-I's re-BC steps continue after the world-model steps so
-    one MLflow run holds both curves. The model is left frozen (`set_stage("frozen")`) and in eval mode.
+    under the guiding actions, `tokens_per_second`, `action_usage_perplexity`, ...); FTA-I adds its re-BC
+    metrics prefixed ``rebc_``. `on_log(step, metrics)` sees the same keys; FTA-I's re-BC steps continue after
+    the world-model steps so one MLflow run holds both curves (a restored, finished sub-stage (a) logs nothing
+    again). `inputs_fingerprint` should identify the starting model (e.g. `file_digest` of its folder), which
+    this function cannot hash cheaply. The model is left frozen (`set_stage("frozen")`, which also resets the
+    gradient route) and in eval mode.
     """
     if cfg.variant not in ("fta_p", "fta_i"):
         raise ValueError(f"variant must be 'fta_p' or 'fta_i', got {cfg.variant!r}")
+    torch.set_num_threads(cfg.threads)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    batches = SFTBatches(examples, tokenizer, cfg.optim.batch_size, cfg.max_len, cfg.optim.seed)
+    stamp = fingerprint(asdict(cfg), examples_digest(examples), inputs_fingerprint)
+    batches = SFTBatches(examples, tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed)
 
     if cfg.variant == "fta_p":
         model.set_stage("fta_p")
-        metrics = train(model, _world_model_loss_fn(model, "policy"), batches, cfg.optim,
-                        checkpoint_dir=_sub(folder, "fta_p"), on_log=on_log, description="fta_p")
+        metrics = train(model, _world_model_loss_fn(model, "policy"), batches, cfg,
+                        checkpoint_dir=_sub(folder, "fta_p"), on_log=on_log, description="fta_p",
+                        fingerprint=stamp)
     else:
-        metrics = _fta_i_world(model, batches, cfg.optim, folder, on_log)
-        # Re-BC from the same data stream position as (a) started (same seed): the labels are new anyway, since
-        # the IDM now reads the fine-tuned base's hidden states.
-        rebc_optim = dataclasses.replace(cfg.optim, steps=cfg.policy_rebc_steps,
-                                         warmup_steps=min(cfg.optim.warmup_steps, cfg.policy_rebc_steps))
-        rebc_batches = SFTBatches(examples, tokenizer, cfg.optim.batch_size, cfg.max_len, cfg.optim.seed)
+        metrics = _fta_i_world(model, batches, cfg, folder, on_log, stamp)
+        # Re-BC on the same seeded stream as (a): the labels are new anyway, since the IDM now reads the
+        # fine-tuned base's hidden states.
+        rebc_cfg = dataclasses.replace(cfg, steps=cfg.policy_rebc_steps,
+                                       warmup_steps=min(cfg.warmup_steps, cfg.policy_rebc_steps))
+        rebc_batches = SFTBatches(examples, tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed)
         model.set_stage("fta_i_policy")
-        offset = cfg.optim.steps
+        offset = cfg.steps
 
         def rebc_log(step: int, values: dict[str, float]) -> None:
             if on_log is not None:
@@ -147,9 +162,11 @@ def run_fta(
             return behaviour_cloning_loss(model, batch["input_ids"], batch["attention_mask"],
                                           loss_mask=batch["loss_mask"])
 
-        rebc = train(model, rebc_loss, rebc_batches, rebc_optim, checkpoint_dir=_sub(folder, "fta_i_policy"),
-                     on_log=rebc_log, description="fta_i_policy")
+        rebc = train(model, rebc_loss, rebc_batches, rebc_cfg, checkpoint_dir=_sub(folder, "fta_i_policy"),
+                     on_log=rebc_log, description="fta_i_policy", fingerprint=stamp)
         metrics = {**metrics, **{f"rebc_{k}": v for k, v in rebc.items()}}
+        if folder is not None:  # FTA-I is complete: its stored (a) result is no longer needed
+            shutil.rmtree(folder / "fta_i_world.done", ignore_errors=True)
     model.set_stage("frozen")
     model.eval()
     return metrics
@@ -158,39 +175,59 @@ def run_fta(
 def _world_model_loss_fn(model: CoLAForCausalLM, action_source: str):
     def loss_fn(batch: dict[str, torch.Tensor], _generator: torch.Generator) -> LossOutput:
         # Deterministic actions (argmax), so the loop's noise generator is not needed.
-        return world_model_loss(model, batch["input_ids"], batch["attention_mask"], action_source=action_source,
-                                loss_mask=batch["loss_mask"])
+        out = world_model_loss(model, batch["input_ids"], batch["attention_mask"], action_source=action_source,
+                               loss_mask=batch["loss_mask"])
+        # Usage perplexity of the guiding actions on the scored slots (K = all used evenly, 1 = a single one).
+        mask = batch["attention_mask"].bool()
+        slots = mask[:, 1:] & mask[:, :-1] & batch["loss_mask"][:, 1:].bool()
+        counts = torch.bincount(out.actions[:, :-1][slots], minlength=model.config.num_actions).float()
+        probs = counts / counts.sum().clamp_min(1)
+        entropy = -(probs * probs.clamp_min(1e-20).log()).sum()
+        out.metrics["action_usage_perplexity"] = entropy.exp().item()
+        return out
 
     return loss_fn
 
 
-def _fta_i_world(model: CoLAForCausalLM, batches: SFTBatches, optim: OptimConfig, folder: Path | None,
-                 on_log: LogFn | None) -> dict[str, float]:
-    """FTA-I (a), or its stored result when a previous run finished it (see the module docstring)."""
+def _fta_i_world(model: CoLAForCausalLM, batches: SFTBatches, cfg: FTAConfig, folder: Path | None,
+                 on_log: LogFn | None, stamp: str) -> dict[str, float]:
+    """FTA-I (a), or its stored result when a previous run with the same fingerprint finished it."""
     model.set_stage("fta_i_world")
     done = _sub(folder, "fta_i_world.done")
     if done is not None and (done / "metrics.json").is_file():
-        current = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in load_file(str(done / "trainable.safetensors")).items():
-                current[name].copy_(value)
-        return json.loads((done / "metrics.json").read_text())
-    metrics = train(model, _world_model_loss_fn(model, "idm"), batches, optim,
-                    checkpoint_dir=_sub(folder, "fta_i_world"), on_log=on_log, description="fta_i_world")
+        stored = json.loads((done / "metrics.json").read_text())
+        if stored.get("fingerprint") == stamp:
+            current = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in load_file(str(done / "trainable.safetensors")).items():
+                    current[name].copy_(value)
+            return stored["metrics"]
+        print(f"note: ignoring {done}: it was written for other params or inputs")
+    metrics = train(model, _world_model_loss_fn(model, "idm"), batches, cfg,
+                    checkpoint_dir=_sub(folder, "fta_i_world"), on_log=on_log, description="fta_i_world",
+                    fingerprint=stamp)
     if done is not None:
         trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         tmp = done.with_name(done.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(trainable, str(tmp / "trainable.safetensors"))
-        (tmp / "metrics.json").write_text(json.dumps(metrics))  # written last: its presence marks completion
+        (tmp / "metrics.json").write_text(json.dumps({"fingerprint": stamp, "metrics": metrics}))
         shutil.rmtree(done, ignore_errors=True)
-        tmp.rename(done)
+        tmp.rename(done)  # atomic: a kill leaves either no result or a complete one
     return metrics
 
 
 def _sub(folder: Path | None, name: str) -> Path | None:
     return folder / name if folder is not None else None
+
+
+def examples_digest(examples: Sequence[dict[str, Any]]) -> str:
+    """A short content hash of the examples' prompts and completions (part of the checkpoint fingerprint)."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(json.dumps([ex["prompt"], ex["completion"]]).encode())
+    return digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------- SFT
@@ -204,23 +241,27 @@ def run_sft(
     *,
     checkpoint_dir: str | Path | None = None,
     on_log: LogFn | None = None,
+    inputs_fingerprint: str = "",
 ) -> dict[str, float]:
     """Fine-tune every parameter of a plain causal LM with response-only next-token CE on `examples`.
 
     The same data, batches and budget as `run_fta`, so the token-level RL baseline starts from a model that
     saw exactly what CoLA's world model saw. Returns the final logged metrics (`loss`, `tokens_per_second`,
-    ...) and leaves the model in eval mode (its parameters stay trainable).
+    ...) and leaves the model in eval mode (its parameters stay trainable). Checkpoints go to
+    ``checkpoint_dir/sft``; `inputs_fingerprint` as in `run_fta`.
     """
+    torch.set_num_threads(cfg.threads)
     base_model.requires_grad_(True)
-    batches = SFTBatches(examples, tokenizer, cfg.optim.batch_size, cfg.max_len, cfg.optim.seed)
+    batches = SFTBatches(examples, tokenizer, cfg.batch_size, cfg.seq_len, cfg.seed)
 
     def loss_fn(batch: dict[str, torch.Tensor], _generator: torch.Generator) -> LossOutput:
         loss = response_loss(base_model, batch)
         return LossOutput(loss, {"loss": loss.item()})
 
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    metrics = train(base_model, loss_fn, batches, cfg.optim, checkpoint_dir=_sub(folder, "sft"), on_log=on_log,
-                    description="sft")
+    stamp = fingerprint(asdict(cfg), examples_digest(examples), inputs_fingerprint)
+    metrics = train(base_model, loss_fn, batches, cfg, checkpoint_dir=_sub(folder, "sft"), on_log=on_log,
+                    description="sft", fingerprint=stamp)
     base_model.eval()
     return metrics
 

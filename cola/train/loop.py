@@ -197,8 +197,9 @@ def train(
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _save(checkpoint_dir, fingerprint, step + 1, accelerator.unwrap_model(model), optimizer, scheduler,
                   batches, noise)
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None:  # done: keep the (DVC-declared) folder, empty
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        checkpoint_dir.mkdir(parents=True)
     model.eval()
     return logged
 

@@ -9,7 +9,8 @@ Batches are **right-padded** and carry a ``loss_mask`` that marks the completion
 (response-only loss, as the authors' SFT masks prompts). Right padding is fine for training even though the
 model API assumes left padding for generation: ``left_padded_positions`` (cumsum − 1) of a row whose ones
 form a prefix gives 0, 1, …, L−1 on its real tokens, i.e. the unpadded positions, and causal attention never
-lets a real token see the padding after it.
+lets a real token see the padding after it. (The one slot that differs is the IDM label at a row's last real
+token, which reads the next, padded position; that slot's target is padding and is never scored.)
 """
 
 from __future__ import annotations

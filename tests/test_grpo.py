@@ -1,0 +1,288 @@
+"""The GRPO trainer on tiny random models: what trains, what stays frozen, log-prob reuse, learning, resuming.
+
+A 12-word word-level tokenizer keeps the vocabulary tiny so a toy reward ("the first generated word is X")
+has signal at initialisation, for sampled tokens and for sampled latent actions alike. The CoLA model's
+codebook is scaled up so that different actions already lead the (random) world model to different tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+from cola.model import CoLAForCausalLM
+from cola.model.modeling_cola import left_padded_positions
+from cola.params import ParamsError, from_dict, missing_help
+from cola.rl.grpo import GRPOConfig, GRPOTrainer, build_policy
+from cola.rl.policies import LatentActionPolicy, LatentReference, Rollout, TokenPolicy
+
+WORDS = ["<pad>", "<eos>", *"abcdefghij"]
+# Prompts of different lengths, so left padding and per-row positions are exercised.
+PROMPTS = [{"prompt": " ".join("abcdefghij"[(i * k) % 10] for i in range(1, 2 + k % 3))} for k in range(10)]
+TARGET = "h"
+
+
+def toy_reward(completion: str, example: dict) -> float:
+    """1 when the first generated word is TARGET: learnable by moving a single early decision."""
+    return 1.0 if completion.split()[:1] == [TARGET] else 0.0
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<eos>",
+                                   padding_side="left")
+
+
+def tiny_base(seed: int = 0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_cola(seed: int = 0) -> CoLAForCausalLM:
+    model = CoLAForCausalLM.from_base(tiny_base(seed), num_actions=8, merge_intermediate_size=64).eval()
+    with torch.no_grad():  # large action embeddings: distinct actions give distinct greedy tokens
+        model.action_codebook.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def make_model(method: str, seed: int = 0):
+    return tiny_cola(seed) if method == "cola" else tiny_base(seed)
+
+
+def config(method: str, **overrides) -> GRPOConfig:
+    values = dict(method=method, steps=30, prompts_per_step=4, group_size=8, max_new_tokens=3, lr=1e-2,
+                  warmup_steps=0, seed=0)
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------------------------- what trains
+
+
+def test_cola_rl_changes_only_the_policy_and_never_the_reference(tokenizer) -> None:
+    model = tiny_cola()
+    before = {g: [p.detach().clone() for _, p in named] for g, named in model.group_parameters().items()}
+    cfg = config("cola", steps=3)
+    trainer = GRPOTrainer(build_policy(model, tokenizer, cfg), cfg, PROMPTS, toy_reward)
+    ref_before = snapshot(trainer.ref)
+    trainer.train()
+
+    after = {g: [p.detach() for _, p in named] for g, named in model.group_parameters().items()}
+    for group in ("base", "head", "idm", "codebook", "merge"):
+        assert all(torch.equal(a, b) for a, b in zip(before[group], after[group], strict=True)), group
+    assert not all(torch.equal(a, b) for a, b in zip(before["policy"], after["policy"], strict=True))
+    assert {id(p) for p in trainer.params} == {id(p) for _, p in model.group_parameters()["policy"]}
+    # The reference is the step-0 policy (stack + head only, no base), and it never moves.
+    assert same(snapshot(trainer.ref), ref_before)
+    assert isinstance(trainer.ref, LatentReference)
+    n_ref = sum(p.numel() for p in trainer.ref.parameters())
+    assert n_ref == sum(p.numel() for p in before["policy"])
+    ref_policy = [*trainer.ref.stack.parameters(), *trainer.ref.head.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(ref_policy, before["policy"], strict=True))
+    assert not any(p.requires_grad for p in trainer.ref.parameters())
+
+
+def test_token_rl_changes_every_base_tensor_and_never_the_reference(tokenizer) -> None:
+    model = tiny_base()
+    before = snapshot(model)
+    cfg = config("token", steps=3)
+    trainer = GRPOTrainer(build_policy(model, tokenizer, cfg), cfg, PROMPTS, toy_reward)
+    ref_before = snapshot(trainer.ref)
+    assert same(ref_before, {f"model.{k}": v for k, v in before.items()})
+    trainer.train()
+    after = snapshot(model)
+    unchanged = [k for k in before if torch.equal(before[k], after[k]) and "rotary" not in k]
+    assert unchanged == []
+    assert same(snapshot(trainer.ref), ref_before)
+
+
+def test_policy_kind_must_match_the_method(tokenizer) -> None:
+    with pytest.raises(ValueError, match="config.method is 'token'"):
+        GRPOTrainer(LatentActionPolicy(tiny_cola(), tokenizer), config("token"), PROMPTS, toy_reward)
+
+
+# --------------------------------------------------------------------------------------------- log-probs
+
+
+def test_latent_logprobs_reuse_the_rollout_hidden_states(tokenizer) -> None:
+    model = tiny_cola()
+    policy = LatentActionPolicy(model, tokenizer, top_k=5)
+    prompts = [ex["prompt"] for ex in PROMPTS[:3]]
+    rollout = policy.rollout(prompts, group_size=4, max_new_tokens=6, generator=torch.Generator().manual_seed(1))
+    assert rollout.hidden is not None and rollout.hidden.shape[1] == rollout.sequences.shape[1] - 1
+    assert rollout.prompts == [p for p in prompts for _ in range(4)] and rollout.group_size == 4
+    mask = rollout.response_mask
+
+    # Re-scoring must not run the base at all.
+    calls = []
+    hook = model.base.get_decoder().register_forward_hook(lambda *args: calls.append(1))
+    reused = policy.logprobs(rollout)
+    hook.remove()
+    assert calls == []
+    assert reused.requires_grad
+
+    # A fresh full forward (base + policy on the whole sequence) gives the same log-probs ...
+    with torch.no_grad():
+        ids, attn = rollout.sequences[:, :-1], rollout.attention_mask[:, :-1]
+        positions = left_padded_positions(attn)
+        h, _ = model.base_hidden(ids, attn, positions)
+        w, _ = model.policy_logits(h, attn, positions)
+        p = rollout.prompt_length
+        fresh = torch.log_softmax(w[:, p - 1 :], -1).gather(-1, rollout.actions.clamp(min=0)[..., None])[..., 0]
+    torch.testing.assert_close(reused.detach()[mask], fresh[mask], atol=1e-5, rtol=0)
+    # ... and so do the log-probs recorded while sampling (KV-cached, step by step).
+    torch.testing.assert_close(reused.detach()[mask], rollout.old_logprobs[mask], atol=1e-5, rtol=0)
+    assert (reused.detach()[~mask] == 0).all()
+
+
+def test_token_logprobs_match_the_sampled_ones_and_rollouts_are_seeded(tokenizer) -> None:
+    policy = TokenPolicy(tiny_base(), tokenizer, temperature=0.7)
+    prompts = [ex["prompt"] for ex in PROMPTS[:3]]
+
+    def roll() -> Rollout:
+        return policy.rollout(prompts, group_size=4, max_new_tokens=6, generator=torch.Generator().manual_seed(3))
+
+    rollout, again = roll(), roll()
+    assert torch.equal(rollout.sequences, again.sequences) and rollout.completions == again.completions
+    mask = rollout.response_mask
+    logp, entropy = policy.logprobs(rollout, with_entropy=True)
+    torch.testing.assert_close(logp.detach()[mask], rollout.old_logprobs[mask], atol=1e-5, rtol=0)
+    assert (entropy[mask] > 0).all() and (entropy[~mask] == 0).all()
+    # The response mask covers tokens up to and including EOS, and completions are the decoded valid tokens.
+    for row, m, text in zip(rollout.response_tokens, mask, rollout.completions, strict=True):
+        valid = row[m].tolist()
+        assert 1 not in valid[:-1]
+        assert text == tokenizer.decode(valid, skip_special_tokens=True)
+
+
+def test_token_sampler_follows_the_softmax_and_respects_top_k() -> None:
+    from cola.rl.policies import _top_k_sample
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).repeat(50_000, 1)
+    counts = torch.bincount(_top_k_sample(logits, None, torch.Generator().manual_seed(0)), minlength=4)
+    torch.testing.assert_close(counts / counts.sum(), torch.softmax(logits[0], -1), atol=0.01, rtol=0)
+    counts = torch.bincount(_top_k_sample(logits, 2, torch.Generator().manual_seed(0)), minlength=4)
+    assert counts[0] == 0 and counts[3] == 0
+    torch.testing.assert_close(counts[1:3] / counts.sum(), torch.softmax(logits[0, 1:3], -1), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["cola", "token"])
+def test_shared_prompt_scoring_gives_the_full_forward_values_and_gradients(tokenizer, method: str) -> None:
+    """One prompt pass per group (KV cache repeated G times) changes neither the log-probs nor the gradient."""
+    model = make_model(method)
+    shared = build_policy(model, tokenizer, config(method))
+    full = (LatentActionPolicy(model, tokenizer, share_prompt=False) if method == "cola"
+            else TokenPolicy(model, tokenizer, share_prompt=False))
+    params = shared.trainable_parameters()
+    prompts = [ex["prompt"] for ex in PROMPTS[:3]]
+    rollout = shared.rollout(prompts, group_size=4, max_new_tokens=5, generator=torch.Generator().manual_seed(2))
+    unshared = full.rollout(prompts, group_size=4, max_new_tokens=5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(rollout.sequences, unshared.sequences)  # the shared prefill samples the same tokens
+
+    grads = []
+    for policy in (shared, full):
+        logp = policy.logprobs(rollout)
+        grad = torch.autograd.grad(logp.sum(), params, allow_unused=True)
+        grads.append((logp.detach(), grad))
+    (logp_a, grad_a), (logp_b, grad_b) = grads
+    assert sum(a is not None for a in grad_a) == len(params)
+    torch.testing.assert_close(logp_a, logp_b, atol=1e-5, rtol=0)
+    for a, b in zip(grad_a, grad_b, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("method", ["cola", "token"])
+def test_grpo_learns_a_toy_reward_deterministically(tokenizer, method: str) -> None:
+    def run() -> GRPOTrainer:
+        cfg = config(method, steps=30)
+        trainer = GRPOTrainer(build_policy(make_model(method), tokenizer, cfg), cfg, PROMPTS, toy_reward)
+        trainer.train()
+        return trainer
+
+    trainer = run()
+    summary = trainer.summary()
+    assert summary["reward_end"] > summary["reward_start"] + 0.3, summary
+    assert run().reward_history == trainer.reward_history  # same seed, same run
+
+
+def test_stats_and_time_to_threshold(tokenizer) -> None:
+    cfg = config("token", steps=15, reward_threshold=0.5, log_every=5)
+    trainer = GRPOTrainer(build_policy(tiny_base(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
+    logs: list[tuple[int, dict]] = []
+    summary = trainer.train(on_log=lambda step, stats: logs.append((step, stats)))
+    assert [step for step, _ in logs] == [5, 10, 15]
+    keys = {"reward_mean", "reward_std", "groups_with_signal", "kl", "entropy", "clip_fraction", "response_length",
+            "tokens_per_second", "seconds_generation", "seconds_update", "seconds_per_step", "lr", "grad_norm"}
+    assert keys <= logs[-1][1].keys()
+    history = trainer.reward_history
+    first = next(i + 1 for i in range(9, len(history)) if sum(history[i - 9 : i + 1]) / 10 >= 0.5)
+    assert summary["threshold_reached"] == 1.0 and summary["threshold_step"] == first
+    assert 0 < summary["threshold_seconds"] <= summary["train_seconds"]
+
+
+def test_kl_in_loss_with_group_advantages_and_several_epochs(tokenizer) -> None:
+    cfg = config("cola", steps=3, kl_in="loss", kl_estimator="k3", advantage_mode="group", ppo_epochs=2,
+                 kl_coef=0.1)
+    trainer = GRPOTrainer(build_policy(tiny_cola(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
+    stats = trainer.step()
+    assert stats["kl"] >= 0  # k3 is non-negative
+    # The second epoch re-uses the rollout after one update: the ratio has moved away from 1.
+    assert stats["ratio_mean"] != 1.0
+
+
+# --------------------------------------------------------------------------------------------- resuming
+
+
+@pytest.mark.parametrize("method", ["cola", "token"])
+def test_resume_from_checkpoint_state_is_bit_exact(tokenizer, method: str) -> None:
+    def trainer_for() -> GRPOTrainer:
+        cfg = config(method, steps=4, warmup_steps=1)
+        return GRPOTrainer(build_policy(make_model(method), tokenizer, cfg), cfg, PROMPTS, toy_reward)
+
+    straight = trainer_for()
+    straight.train()
+
+    first = trainer_for()
+    first.train(steps=2)
+    tensors, meta = first.checkpoint_state()
+    resumed = trainer_for()
+    resumed.load_checkpoint_state(tensors, meta)
+    resumed.train()
+    assert resumed.reward_history == straight.reward_history
+    assert all(torch.equal(a, b) for a, b in zip(resumed.params, straight.params, strict=True))
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+def test_config_is_documented_and_validated() -> None:
+    assert missing_help(GRPOConfig) == []
+    cfg = from_dict(GRPOConfig, {"method": "token", "lr": 5e-5, "reward_threshold": 0.3}, "rl")
+    assert cfg.method == "token" and cfg.reward_threshold == 0.3 and cfg.group_size == 8
+    with pytest.raises(ParamsError, match="kl_in='reward' needs advantage_mode='gae'"):
+        from_dict(GRPOConfig, {"advantage_mode": "group"}, "rl")
+    with pytest.raises(ParamsError, match="rl.group_size"):
+        from_dict(GRPOConfig, {"group_size": 1}, "rl")
+    with pytest.raises(ParamsError, match="rl.kl_estimator"):
+        from_dict(GRPOConfig, {"kl_estimator": "k4"}, "rl")

@@ -1,0 +1,122 @@
+"""End to end: the real DVC pipeline with micro params in a temporary git repository, tracked in MLflow.
+
+`dvc repro` runs every stage; a second `dvc repro` is a no-op; `dvc exp run -S latent.lr=...` re-runs only
+`latent` and what depends on it and logs the new value; the MLflow store holds one linked run per stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cola.pipeline import PipelineParams
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def micro_params() -> dict:
+    p = dataclasses.asdict(PipelineParams())
+    p["prepare"].update(n_train={"arith": 400, "wordprob": 200, "countdown": 100, "spell": 200, "wrev": 200},
+                        n_val=20, n_test=30)
+    p["base"]["tiny"].update(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                             intermediate_size=64, max_position_embeddings=256)
+    small = dict(steps=12, batch_size=8, seq_len=32, warmup_steps=2, log_every=4, checkpoint_every=5, threads=1)
+    p["base"].update(small, val_tokens=512)
+    p["latent"].update(small, val_tokens=512)
+    p["latent"]["cola"].update(num_actions=8)
+    p["bc"].update(small, val_tokens=512)
+    p["evaluate"].update(limit=8, max_new_tokens=12, batch_size=8, perplexity_tokens=256, diversity_prefixes=3,
+                         diversity_samples=3, diversity_length=6, probe_prefixes=3, threads=1)
+    return p
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("project")
+    for name in ("cola", "stages", "configs"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(micro_params(), sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("COLA_TRACKING", None)
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "micro pipeline"], root, env)
+    return root, env
+
+
+def test_repro_noop_and_experiment(project):
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    for stage in ("prepare", "base", "latent", "bc", "evaluate"):
+        metrics = json.loads((root / "metrics" / f"{stage}.json").read_text())
+        assert metrics["wall_clock_seconds"] > 0
+    evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert 0 <= evaluation["cola_arith_acc"] <= 1 and "qd_latent_random" in evaluation
+    assert (root / "models" / "bc" / "config.json").is_file()
+
+    second = run(["dvc", "repro"], root, env)
+    assert "didn't change" in second.stdout or "up to date" in second.stdout, second.stdout
+    assert "Running stage" not in second.stdout
+
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline run"], root, env)
+    exp = run(["dvc", "exp", "run", "-S", "latent.lr=3e-4"], root, env)
+    ran = {line.split("'")[1] for line in exp.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"latent", "bc", "evaluate"}, exp.stdout
+
+    show = run(["dvc", "exp", "show", "--json"], root, env)
+    assert "cola_arith_acc" in show.stdout and "wm_idm_over_base" in show.stdout
+
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("cola")
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'latent'")
+    assert sorted(r.data.params["latent.lr"] for r in runs) == ["0.0003", "0.002"]
+    latest = max(runs, key=lambda r: r.info.start_time)
+    assert latest.data.tags["dvc_exp"] != "workspace" and latest.data.tags["profile"] == "tiny"
+    assert "mlflow.parentRunId" in latest.data.tags
+    siblings = client.search_runs([experiment.experiment_id],
+                                  f"tags.pipeline_id = '{latest.data.tags['pipeline_id']}'")
+    assert {r.data.tags.get("stage") for r in siblings} >= {"latent", "bc", "evaluate"}
+
+
+def test_invalid_params_stop_the_stage_and_change_nothing(project):
+    root, env = project
+    params = micro_params()
+    cases = [("latent", "lrr", 0.1, "latent.lrr is not a known key"),
+             ("latent", "steps", "many", "latent.steps must be an integer"),
+             ("latent", "lr", -0.001, "latent.lr must be > 0")]
+    before = {p: p.read_bytes() for p in (root / "metrics").glob("*.json")}
+    for section, key, value, message in cases:
+        bad = copy.deepcopy(params)
+        bad[section][key] = value
+        (root / "bad.yaml").write_text(yaml.safe_dump(bad))
+        env_bad = {**env, "COLA_PARAMS": str(root / "bad.yaml")}
+        result = subprocess.run([sys.executable, "stages/latent.py"], cwd=root, env=env_bad, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.strip().splitlines() if line]
+        assert len(lines) == 1 and message in lines[0], result.stderr
+    assert {p: p.read_bytes() for p in (root / "metrics").glob("*.json")} == before
