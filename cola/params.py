@@ -259,6 +259,16 @@ def _check_constraints(value: Any, meta: Mapping[str, Any], key: str, source: st
 # --------------------------------------------------------------------------------------------- public API
 
 
+def _deep_merge(defaults: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str, *, source: str = "params.yaml") -> T:
     """Build dataclass ``cls`` from ``data`` (one params.yaml section), validating every key.
 
@@ -287,7 +297,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str, *, sourc
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise _err(source, key, "is required (no default)")
             continue
-        value = _convert(data[name], hints.get(name, Any), key, source)
+        raw = data[name]
+        if isinstance(raw, Mapping) and field.default_factory is not dataclasses.MISSING:
+            # A partial nested section overrides the *field's* default (its factory may differ from the
+            # nested class's own defaults), so start from that and apply the given keys on top.
+            default = field.default_factory()
+            if dataclasses.is_dataclass(default):
+                raw = _deep_merge(dataclasses.asdict(default), raw)
+        value = _convert(raw, hints.get(name, Any), key, source)
         _check_constraints(value, field.metadata, key, source)
         kwargs[name] = value
     try:

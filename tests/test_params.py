@@ -212,3 +212,20 @@ def test_cli_main_in_a_process_prints_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr == "error: params.yaml: latent.lr must be > 0 (got -0.001)\n"
+
+
+
+@dataclass
+class _Inner:
+    lr: float = field(default=2e-3, metadata={"help": "lr"})
+    steps: int = field(default=10, metadata={"help": "steps"})
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=lambda: _Inner(lr=1e-3), metadata={"help": "inner"})
+
+
+def test_partial_nested_section_keeps_the_fields_own_defaults():
+    """A nested field whose default_factory differs from the class defaults keeps those values."""
+    assert from_dict(_Outer, {"inner": {"steps": 5}}, "x").inner == _Inner(lr=1e-3, steps=5)
