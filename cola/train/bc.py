@@ -22,11 +22,6 @@ class BCConfig(OptimConfig):
 
     # Calibration §4: lr 2e-3, batch 32×128, ~490 steps ≈ 2 minutes; top-1 still rising slowly at the end.
     steps: int = optim_default("steps", 490)
-    batch_size: int = optim_default("batch_size", 32)
-    seq_len: int = optim_default("seq_len", 128)
-    lr: float = optim_default("lr", 2e-3)
-    weight_decay: float = optim_default("weight_decay", 0.01)
-    warmup_steps: int = optim_default("warmup_steps", 30)
     log_every: int = optim_default("log_every", 20)
     checkpoint_every: int = optim_default("checkpoint_every", 100)
     val_tokens: int = field(default=8192, metadata={"help": "Held-out tokens for the diagnostics (the "

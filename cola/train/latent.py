@@ -47,11 +47,6 @@ class LatentConfig(OptimConfig):
     cola: CoLAModuleConfig = field(default_factory=CoLAModuleConfig, metadata={"help": "Module sizes."})
     # Calibration §3: lr 2e-3, wd 0.01 (0 for the codebook), 30 warmup steps, batch 32×128, ~540 steps ≈ 3 min.
     steps: int = optim_default("steps", 540)
-    batch_size: int = optim_default("batch_size", 32)
-    seq_len: int = optim_default("seq_len", 128)
-    lr: float = optim_default("lr", 2e-3)
-    weight_decay: float = optim_default("weight_decay", 0.01)
-    warmup_steps: int = optim_default("warmup_steps", 30)
     log_every: int = optim_default("log_every", 20)
     checkpoint_every: int = optim_default("checkpoint_every", 100)
     val_tokens: int = field(default=16384, metadata={"help": "Held-out tokens for the diagnostics.",
