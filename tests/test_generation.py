@@ -106,3 +106,21 @@ def test_choose_actions_modes():
 
 def test_vocab_fixture_is_consistent():
     assert tiny_cola("llama").base.config.vocab_size == VOCAB
+
+
+def test_num_samples_encodes_each_prompt_once_and_matches_repeated_prompts(cola_model):
+    """An RL group: the prompt pass runs once per prompt, then its caches are repeated per sample."""
+    ids, mask = left_pad(PROMPTS)
+    options = dict(max_new_tokens=10, action_mode="sample", action_top_k=5, return_hidden=True)
+    grouped = cola_model.generate_latent(ids, mask, num_samples=3, generator=torch.Generator().manual_seed(7),
+                                         **options)
+    repeated = cola_model.generate_latent(ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0),
+                                          generator=torch.Generator().manual_seed(7), **options)
+    assert torch.equal(grouped.sequences, repeated.sequences)
+    assert torch.equal(grouped.actions, repeated.actions)
+    torch.testing.assert_close(grouped.action_logprobs, repeated.action_logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grouped.hidden, repeated.hidden, atol=1e-5, rtol=0)
+    assert torch.equal(grouped.attention_mask, repeated.attention_mask)
+    uncached = cola_model.generate_latent(ids, mask, num_samples=3, use_cache=False,
+                                          generator=torch.Generator().manual_seed(7), **options)
+    assert torch.equal(uncached.sequences, grouped.sequences)

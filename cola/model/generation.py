@@ -94,6 +94,7 @@ def generate_latent(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     return_hidden: bool = False,
+    num_samples: int = 1,
 ) -> LatentGeneration:
     """Decode up to `max_new_tokens` tokens per prompt, one latent action per token.
 
@@ -109,6 +110,8 @@ def generate_latent(
         generator: seeds every random choice, so a seeded run is reproducible with or without caches.
         return_hidden: also return the base states h of every position that chose an action (for RL updates
             that re-score actions without running the base again).
+        num_samples: continuations per prompt (an RL group): the prompt is encoded once, then its caches are
+            repeated, so row b·num_samples + j of the result is sample j of prompt b.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -131,6 +134,14 @@ def generate_latent(
             positions = left_padded_positions(mask)
             h, _ = model.base_hidden(sequences, mask, positions)
             w, _ = model.policy_logits(h, mask, positions)
+        if not actions and num_samples > 1:  # after the prompt pass: one row per sample from here on
+            h, w = h.repeat_interleave(num_samples, 0), w.repeat_interleave(num_samples, 0)
+            sequences, mask, attention_mask, step_positions = (
+                t.repeat_interleave(num_samples, 0) for t in (sequences, mask, attention_mask, step_positions))
+            done = done.repeat_interleave(num_samples)
+            if use_cache:
+                base_cache.batch_repeat_interleave(num_samples)
+                policy_cache.batch_repeat_interleave(num_samples)
         if return_hidden:
             hiddens.append(h if use_cache or not hiddens else h[:, -1:])
         h_last, w_last = h[:, -1], w[:, -1]

@@ -16,7 +16,9 @@ actions or tokens) as a (B, N) tensor aligned with ``rollout.response_mask``, wi
 
 Prompts are encoded as the evaluation harness does (``EOS prompt``, as examples appear in the packed corpus)
 and left-padded; the G samples of a prompt are consecutive rows, the group layout :mod:`cola.rl.advantages`
-expects.
+expects. Both policies exploit that layout: the shared prompt is computed once per group when scoring (and
+when prefilling the token sampler), with its KV cache repeated G times (:func:`score_positions`), which gives
+the same values and gradients as the plain full forward.
 """
 
 from __future__ import annotations
@@ -97,7 +99,10 @@ class Policy(Scorer, Protocol):
         ...
 
     def reference(self) -> Scorer:
-        """A frozen deep copy of the trainable part, scoring rollouts exactly like this policy did at the start."""
+        """A frozen deep copy of the trainable part, scoring rollouts exactly like this policy did at the start.
+
+        It is an ``nn.Module`` too, so the trainer can checkpoint it with ``state_dict()``.
+        """
         ...
 
 
@@ -262,11 +267,12 @@ class LatentActionPolicy:
     def rollout(
         self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator
     ) -> Rollout:
-        ids, mask = encode_prompts(self.tokenizer, prompts, group_size)
+        ids, mask = encode_prompts(self.tokenizer, prompts)  # each prompt's pass runs once per group
         out = self.model.generate_latent(
             ids, mask, max_new_tokens=max_new_tokens, action_mode="sample", action_top_k=self.top_k,
             action_temperature=self.temperature, token_sampling=False, eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=pad_token_id(self.tokenizer), generator=generator, return_hidden=True,
+            num_samples=group_size,
         )
         tokens = out.sequences[:, out.prompt_length :]
         return Rollout(
