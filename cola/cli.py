@@ -2,6 +2,7 @@
 switch the params profile.
 
     cola eval MODEL --task arith --task perplexity --out results.json
+    cola eval MODEL --task math500_local --math500-path test.jsonl --samples 16 --out math.json
     cola generate MODEL "Q: Calculate 3 + 4. A:" --greedy-actions
     cola compare -n 5 --format markdown
     cola ui --port 5000
@@ -147,6 +148,55 @@ def _print_summary(results: dict[str, dict[str, Any]], title: str) -> None:
     out.print(table)
 
 
+def _standalone() -> bool:
+    """Not inside a DVC stage (DVC sets DVC_ROOT for every stage command) nor a named pipeline run."""
+    return not os.environ.get("DVC_ROOT") and not os.environ.get("COLA_PIPELINE_ID", "").strip()
+
+
+@contextlib.contextmanager
+def _eval_run(
+    enabled: bool, model: Path, kind: str, tasks: list[str], settings: dict[str, Any]
+) -> Iterator[Any]:
+    """One MLflow run (`cola.tracking.StageRun`, stage ``eval``) around the evaluation; None with --no-mlflow.
+
+    StageRun honours COLA_TRACKING=off and MLFLOW_TRACKING_URI, and never fails the evaluation: a broken
+    store is one warning line. No DVC metrics file (metrics_path=None): the --out JSON is the output here.
+    """
+    if not enabled:
+        yield None
+        return
+    from cola.tracking import RUN_TYPE_TAG, StageRun
+
+    resolved = str(model.resolve())
+    params = {"model_path": resolved, "kind": kind, "tasks": ",".join(tasks), **settings}
+    tags = {"model_path": resolved, "eval.kind": kind, "eval.tasks": ",".join(tasks)}
+    with StageRun("eval", params=params, profile=None, metrics_path=None, run_name=f"eval {model.name}",
+                  tags=tags) as run:  # fmt: skip
+        if run.run_id is not None and run.parent_run_id is not None and _standalone():
+            # StageRun nests every run under a "pipeline" parent; for a hand-run `cola eval` that parent would
+            # show up in `cola compare` as a pipeline execution. Retyped, it stays a plain container run.
+            with contextlib.suppress(Exception):
+                run.client.set_tag(run.parent_run_id, RUN_TYPE_TAG, "eval")
+                run.client.set_tag(run.parent_run_id, "mlflow.runName", f"eval {model.name}")
+        yield run
+
+
+def _log_eval(run: Any, results: dict[str, dict[str, Any]], payload: dict[str, Any]) -> None:
+    """Headline numbers (`task/metric`) as final metrics and the whole results JSON as an artifact."""
+    from cola.eval.harness import headline_metrics
+
+    metrics: dict[str, float] = {}
+    for name, result in results.items():
+        metrics.update(headline_metrics(result, prefix=name))
+    run.summary(metrics)
+    if run.run_id is None:  # tracking off or failed: nothing to upload
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "eval_results.json"
+        _write_json(path, payload)
+        run.log_artifact(path)
+
+
 @app.command("eval")
 def eval_command(
     model: Annotated[
@@ -161,8 +211,9 @@ def eval_command(
         typer.Option(
             "--task",
             "-t",
-            help="Task to run (repeatable): a task file <data-dir>/tasks/<split>/<task>.jsonl, or "
-            "perplexity, diversity, probe.",
+            help="Task to run (repeatable): a task file <data-dir>/tasks/<split>/<task>.jsonl; perplexity, "
+            "diversity, probe; or through lm-eval: math500 (hub HuggingFaceH4/MATH-500), math500_local "
+            "(--math500-path), any cola_* task of evals/ (cola_arith, cola_procedural, ...).",
             show_default=False,
         ),
     ],
@@ -195,6 +246,30 @@ def eval_command(
         int | None, typer.Option(help="torch CPU threads (tiny models: 1 is fastest).", min=1)
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    math500_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="MATH-500 as a local JSONL (HuggingFaceH4/MATH-500 fields: problem, answer): the data of "
+            "math500_local, and of math500 instead of the hub.",
+        ),
+    ] = None,
+    samples: Annotated[
+        int,
+        typer.Option(
+            help="Sampled answers per problem (task files, math500, math500_local): reports pass@k "
+            "(k = 1, 2, 4, ... <= N), best-of-N with an oracle verifier (= pass@N) and majority vote. "
+            "CoLA samples latent actions (top-40, temperature 1), a base samples tokens. Default 1: one "
+            "greedy answer.",
+            min=1,
+        ),
+    ] = 1,
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            help="Log the run to MLflow (MLFLOW_TRACKING_URI, else <repo>/mlflow.db): settings as params, "
+            "headline numbers as metrics, the results JSON as an artifact. COLA_TRACKING=off also skips it.",
+        ),
+    ] = True,
 ) -> None:
     """Evaluate a model folder on tasks; print a summary table and optionally write JSON results."""
     with _user_errors():
@@ -202,8 +277,16 @@ def eval_command(
 
         # Names are checked before loading the model (a typo fails in milliseconds), then again with the
         # model's kind (a plain base cannot run the probe), always before any task runs.
+        options = {"math500_path": str(math500_path)} if math500_path is not None else {}
         probe = EvalContext(
-            model_path=str(model), model=None, tokenizer=None, kind="cola", data_dir=data_dir, split=split
+            model_path=str(model),
+            model=None,
+            tokenizer=None,
+            kind="cola",
+            data_dir=data_dir,
+            split=split,
+            samples=samples,
+            options=options,
         )
         check_tasks(task, probe)
         loaded, tokenizer, kind = _load(model, threads)
@@ -220,24 +303,30 @@ def eval_command(
             action_mode=action_mode.value,
             seed=seed,
             progress=progress,
+            samples=samples,
+            options=options,
         )
         check_tasks(task, ctx)
-        results = {name: run_task(name, ctx) for name in task}
-        _print_summary(results, f"{model} ({kind}), {split} split")
-        if out_path is not None:
-            settings = dict(
-                data_dir=str(data_dir),
-                split=split,
-                limit=limit,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                action_mode=action_mode.value,
-                seed=seed,
-            )
-            _write_json(
-                out_path, {"model": str(model), "kind": kind, "settings": settings, "results": results}
-            )
-            err.print(f"wrote {out_path}")
+        settings = dict(
+            data_dir=str(data_dir),
+            split=split,
+            limit=limit,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            action_mode=action_mode.value,
+            seed=seed,
+            samples=samples,
+            math500_path=str(math500_path) if math500_path is not None else None,
+        )
+        with _eval_run(mlflow, model, kind, task, settings) as run:
+            results = {name: run_task(name, ctx) for name in task}
+            _print_summary(results, f"{model} ({kind}), {split} split")
+            payload = {"model": str(model), "kind": kind, "settings": settings, "results": results}
+            if out_path is not None:
+                _write_json(out_path, payload)
+                err.print(f"wrote {out_path}")
+            if run is not None:
+                _log_eval(run, results, payload)
 
 
 # --------------------------------------------------------------------------------------------- generate

@@ -14,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Tests never log to the project's own MLflow store; the tracking tests point MLFLOW_TRACKING_URI at tmp_path.
+os.environ.setdefault("COLA_TRACKING", "off")
 # Tiny test models run several times faster on one thread than on two (OpenMP overhead dominates).
 torch.set_num_threads(1)
 

@@ -7,7 +7,10 @@
                               and the IDM action-usage histogram (sanity checks (i)-(iv) of cola-spec.md §10)
     semantic_diversity_eval   QD of random latent actions vs token sampling vs random tokens (§5)
     action_following_probe    do different forced actions give different continuations? (§10 check (v))
-    run_task                  the dispatch point of `cola eval` (task files, perplexity, diversity, probe)
+    run_task                  the dispatch point of `cola eval` (task files, perplexity, diversity, probe,
+                              lm-eval tasks from `cola.eval.lm_tasks`)
+    sampled_task_accuracy     n sampled answers per problem: pass@k, best-of-n (oracle), majority vote
+    score_samples             the same metrics for completions produced elsewhere (lm-eval models)
 
 Prompts are encoded as the trainers see examples in the packed corpus: `EOS prompt` (corpus lines are joined
 as `EOS ex EOS ex ...`), left-padded for batching, with positions that start at each row's first real token.
@@ -30,6 +33,7 @@ import torch
 from cola.errors import ColaError
 from cola.eval.countdown import check_countdown, parse_answer_tag
 from cola.eval.math_grader import extract_boxed, grade
+from cola.eval.sampling_metrics import math_vote_key, sampling_summary
 from cola.model.modeling_cola import left_padded_positions
 
 COPY_TASKS = frozenset({"spell", "wrev"})  # answers are strings to reproduce exactly, not math
@@ -270,6 +274,148 @@ def task_accuracy(
         "seconds": time.perf_counter() - start,
         "records": records,
     }
+
+
+def vote_key(task: str, example: dict[str, Any], completion: str) -> str | None:
+    """A completion's answer for majority voting: the normalised last box (math), the stripped box (copy
+    tasks); None when there is nothing to vote with (no box; Countdown, whose expressions are no answers)."""
+    if _is_countdown(task, example):
+        return None
+    if task in COPY_TASKS:
+        boxed = extract_boxed(completion)
+        return None if boxed is None else boxed.strip()
+    return math_vote_key(completion)
+
+
+def score_samples(
+    task: str,
+    examples: Sequence[dict[str, Any]],
+    completions: Sequence[Sequence[str]],
+    actions: Sequence[Sequence[list[int] | None]] | None = None,
+) -> dict[str, Any]:
+    """Score n completions per example: `sampling_summary`'s metrics plus per-problem `records`.
+
+    Metrics: `accuracy` (= pass@1, mean single-sample accuracy), `stderr`, `n` (problems), `n_samples`,
+    `pass_at_k` ({k: value} for k = 1, 2, 4, ... <= n), `best_of_n_oracle` (= pass@n: best-of-n with the
+    reference answer as verifier), `majority_vote` (self-consistency; not for Countdown), `format_rate`.
+    Records: `index`, `id`, `prompt`, (`problem`), `answer`, `n_correct`, `majority_answer`,
+    `majority_correct`, and `samples`: [{`completion`, `correct`, `format_ok`, `vote`, (`actions`)}].
+    """
+    records, correct, votes = [], [], []
+    for i, (ex, texts) in enumerate(zip(examples, completions, strict=True)):
+        ex_task = ex.get("task", task)
+        samples = []
+        for j, text in enumerate(texts):
+            sample = {
+                "completion": text,
+                "correct": score(ex_task, ex, text),
+                "format_ok": format_ok(ex_task, text),
+                "vote": vote_key(ex_task, ex, text),
+            }
+            if actions is not None:
+                sample["actions"] = actions[i][j]
+            samples.append(sample)
+        correct.append([s["correct"] for s in samples])
+        votes.append([s["vote"] for s in samples])
+        record = {"index": i, **({"id": ex["id"]} if "id" in ex else {}), "prompt": ex["prompt"]}
+        if ex.get("problem") is not None:
+            record["problem"] = ex["problem"]
+        record.update(answer=ex["answer"], n_correct=sum(correct[-1]))
+        records.append((record, samples))
+    countdown = all(_is_countdown(ex.get("task", task), ex) for ex in examples)
+    summary = sampling_summary(correct, None if countdown else votes)
+    winners = summary.pop("majority_index", [None] * len(records))
+    for (record, samples), winner in zip(records, winners, strict=True):
+        if not countdown:
+            record["majority_answer"] = samples[winner]["vote"] if winner is not None else None
+            record["majority_correct"] = winner is not None and samples[winner]["correct"]
+        record["samples"] = samples
+    n_texts = sum(len(samples) for _, samples in records)
+    out = {
+        "accuracy": summary.pop("accuracy"),
+        "stderr": summary.pop("stderr"),
+        "n": summary.pop("n_problems"),
+        **summary,
+        "format_rate": sum(s["format_ok"] for _, samples in records for s in samples) / n_texts,
+    }
+    out["records"] = [record for record, _ in records]
+    return out
+
+
+def describe_sampling(
+    kind: str, action_mode: str | None, top_k: int, temperature: float, max_new_tokens: int
+) -> str:
+    """How the samples were drawn, as one string (a string, so the summary table and MLflow skip it)."""
+    if kind == "cola":
+        how = (
+            "uniformly random latent actions"
+            if action_mode == "random"
+            else f"latent actions sampled from the policy's top-{top_k} at temperature {temperature:g}"
+        )
+        return f"{how}, greedy tokens, up to {max_new_tokens} new tokens"
+    return f"tokens sampled at temperature 1 over the whole vocabulary, up to {max_new_tokens} new tokens"
+
+
+def sampled_task_accuracy(
+    model,
+    tokenizer,
+    kind: str,
+    examples: Sequence[dict[str, Any]],
+    *,
+    samples: int,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    seed: int = 0,
+    action_mode: str = "sample",
+    action_top_k: int = 40,
+    action_temperature: float = 1.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """`samples` sampled completions per example, scored by `score_samples` (pass@k, best-of-n, majority).
+
+    CoLA samples latent actions (`action_mode` sample: top-`action_top_k` of the policy at
+    `action_temperature`, the paper's rollout setting) and keeps tokens greedy; a plain base samples tokens at
+    temperature 1 over the whole vocabulary. One seeded generator drives the whole call (reproducible).
+    """
+    examples = list(examples)
+    if not examples:
+        raise EvalError("sampled_task_accuracy needs at least one example")
+    if samples < 1:
+        raise EvalError(f"samples must be >= 1, got {samples}")
+    task = examples[0].get("task", "")
+    start = time.perf_counter()
+    # Consecutive copies of each prompt: generate_texts sorts by length, so the copies share batches.
+    prompts = [ex["prompt"] for ex in examples for _ in range(samples)]
+    sampling = (
+        dict(action_mode=action_mode, action_top_k=action_top_k, action_temperature=action_temperature)
+        if kind == "cola"
+        else dict(token_sampling=True)
+    )
+    outputs = generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        kind=kind,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        progress=f"{task or 'eval'} ({kind}, {samples} samples)" if progress else False,
+        **sampling,
+    )
+    groups = [outputs[i * samples : (i + 1) * samples] for i in range(len(examples))]
+    result = score_samples(
+        task,
+        examples,
+        [[o["completion"] for o in group] for group in groups],
+        actions=[[o["actions"] for o in group] for group in groups],
+    )
+    records = result.pop("records")
+    result["sampling"] = describe_sampling(
+        kind, action_mode, action_top_k, action_temperature, max_new_tokens
+    )
+    result["seconds"] = time.perf_counter() - start
+    result["records"] = records
+    return result
 
 
 # --------------------------------------------------------------------------------------------- perplexity
@@ -574,6 +720,7 @@ class EvalContext:
     action_mode: str = "greedy"
     seed: int = 0
     progress: bool = True
+    samples: int = 1  # > 1: that many sampled answers per problem (pass@k, best-of-n, majority vote)
     options: dict[str, Any] = field(default_factory=dict)  # runner-specific extras (e.g. lm-eval settings)
 
     @property
@@ -613,6 +760,20 @@ def _run_file_task(name: str, ctx: EvalContext) -> dict[str, Any]:
     if not examples:
         raise EvalError(f"{ctx.task_dir / (name + '.jsonl')}: no examples")
     budget = ctx.max_new_tokens or default_max_new_tokens(ctx.tokenizer, examples)
+    if ctx.samples > 1:
+        return sampled_task_accuracy(
+            ctx.model,
+            ctx.tokenizer,
+            ctx.kind,
+            examples,
+            samples=ctx.samples,
+            max_new_tokens=budget,
+            batch_size=ctx.batch_size,
+            seed=ctx.seed,
+            # Greedy actions would give n identical answers; random actions are a deliberate choice, so kept.
+            action_mode="random" if ctx.action_mode == "random" else "sample",
+            progress=ctx.progress,
+        )
     return task_accuracy(
         ctx.model,
         ctx.tokenizer,
@@ -677,8 +838,8 @@ def _run_probe(ctx: EvalContext) -> dict[str, Any]:
     )
 
 
-# Named evaluations beyond the task files. lm-eval-shaped tasks (math500, ...) plug in here: add a runner
-# `fn(ctx) -> dict` under the task's name (e.g. one that calls cola.eval.lm_eval_model with ctx.model_path).
+# Named evaluations beyond the task files: a runner `fn(ctx) -> dict` under the task's name. The lm-eval-
+# shaped tasks (math500, math500_local, cola_*) are added at the end of this module by `lm_tasks.register`.
 RUNNERS: dict[str, Callable[[EvalContext], dict[str, Any]]] = {
     "perplexity": _run_perplexity,
     "diversity": _run_diversity,
@@ -689,21 +850,38 @@ RUNNERS: dict[str, Callable[[EvalContext], dict[str, Any]]] = {
 # Runners that need latent actions: refused up front for a plain base, before any other task runs.
 COLA_ONLY = frozenset({"probe"})
 
+# Data checks of named runners (`fn(ctx)` raising a one-line EvalError: a missing file, a dataset not in the
+# cache), run by `check_tasks`, so a run fails before the model loads and before any other task runs.
+PRECHECKS: dict[str, Callable[[EvalContext], None]] = {}
+
+# The runners that go through lm-eval (registered by `cola.eval.lm_tasks`): listed apart from the harness's
+# own evaluations, in `all_tasks` and in the unknown-task message.
+LM_EVAL_TASKS: list[str] = []
+
 
 def check_tasks(names: Sequence[str], ctx: EvalContext) -> None:
     """Raise one EvalError for the first name `run_task` would refuse, so a run fails before any work."""
     known = known_tasks(ctx.data_dir, ctx.split)
     for name in names:
-        if name not in known:
+        if name not in known and name not in LM_EVAL_TASKS:
             missing = ctx.task_dir / f"{name}.jsonl"
-            raise EvalError(f"unknown task {name!r} (no {missing}); known: {', '.join(known)}")
+            via = f"; through lm-eval: {', '.join(LM_EVAL_TASKS)}" if LM_EVAL_TASKS else ""
+            raise EvalError(f"unknown task {name!r} (no {missing}); known: {', '.join(known)}{via}")
         if name in COLA_ONLY and ctx.kind != "cola":
             raise EvalError(f"{ctx.model_path}: task {name!r} needs a CoLA model (this is a plain base)")
+        if name in PRECHECKS:
+            PRECHECKS[name](ctx)
 
 
 def known_tasks(data_dir: Path | str, split: str) -> list[str]:
-    """Every name `run_task` accepts: the task files of the split, then the named evaluations."""
-    return [*task_files(data_dir, split), *RUNNERS]
+    """The harness's own task names: the task files of the split, then the named evaluations (perplexity,
+    diversity, probe). `run_task` also accepts the lm-eval tasks, `LM_EVAL_TASKS` (see `all_tasks`)."""
+    return [*task_files(data_dir, split), *(name for name in RUNNERS if name not in LM_EVAL_TASKS)]
+
+
+def all_tasks(data_dir: Path | str, split: str) -> list[str]:
+    """Every name `run_task` accepts: `known_tasks`, then the lm-eval tasks."""
+    return [*known_tasks(data_dir, split), *LM_EVAL_TASKS]
 
 
 def run_task(name: str, ctx: EvalContext) -> dict[str, Any]:
@@ -724,3 +902,11 @@ def headline_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, floa
         elif isinstance(value, bool | int | float) and not isinstance(value, bool):
             flat[name] = value
     return flat
+
+
+# lm-eval-shaped tasks (math500, math500_local, the cola_* tasks of evals/) register themselves in RUNNERS and
+# PRECHECKS. Imported last: lm_tasks imports this module's names, which all exist by now. It imports neither
+# torch-heavy lm-eval nor datasets until a task runs.
+from cola.eval import lm_tasks  # noqa: E402
+
+lm_tasks.register()
