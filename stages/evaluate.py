@@ -7,7 +7,13 @@ import torch
 
 from cola import plots
 from cola.data.corpus import read_lines
-from cola.eval.harness import action_following_probe, perplexity, semantic_diversity_eval, task_accuracy
+from cola.eval.harness import (
+    action_following_probe,
+    cut_prefixes,
+    perplexity,
+    semantic_diversity_eval,
+    task_accuracy,
+)
 from cola.model.checkpoint import load_model_and_tokenizer
 from cola.params import cli_main
 from cola.pipeline import stage
@@ -45,17 +51,14 @@ def main() -> None:
             summary[f"cola_minus_base_{task}"] = summary[f"cola_{task}_acc"] - summary[f"base_{task}_acc"]
 
         cola_model, tokenizer, _ = loaded["cola"]
-        prefixes = [ex["prompt"] for task in cfg.tasks
-                    for ex in read_jsonl(Path(f"data/tasks/val/{task}.jsonl"), 0)]
-        generator = torch.Generator().manual_seed(cfg.seed)
-        picks = torch.randperm(len(prefixes), generator=generator).tolist()
+        prefixes = cut_prefixes(val_lines, cfg.diversity_prefixes + cfg.probe_prefixes, cfg.seed)
         diversity = semantic_diversity_eval(
-            cola_model, tokenizer, "cola", [prefixes[i] for i in picks[: cfg.diversity_prefixes]],
+            cola_model, tokenizer, "cola", prefixes[: cfg.diversity_prefixes],
             m=cfg.diversity_samples, length=cfg.diversity_length, seed=cfg.seed)
         for method, values in diversity.items():
             summary[f"qd_{method}"] = values["qd"]
             summary[f"similarity_{method}"] = values["mean_similarity"]
-        probe = action_following_probe(cola_model, tokenizer, [prefixes[i] for i in picks[: cfg.probe_prefixes]])
+        probe = action_following_probe(cola_model, tokenizer, prefixes[cfg.diversity_prefixes :])
         summary.update({f"probe_{key}": value for key, value in probe.items() if isinstance(value, int | float)})
         (out / "summary.json").write_text(json.dumps({"summary": summary, "diversity": diversity,
                                                       "probe": probe}, indent=2, default=str))

@@ -801,13 +801,21 @@ def heldout_lines(ctx: EvalContext) -> list[str]:
     return lines[: ctx.limit or None]
 
 
+def cut_prefixes(texts: Sequence[str], n: int, seed: int = 0) -> list[str]:
+    """`n` texts (seeded choice) cut at a random point of their middle half, as open prefixes.
+
+    Diversity and action-following need prefixes whose continuation is open: after a task prompt's "A:", the
+    answer format fixes the next tokens whatever the action, which would hide what the actions do.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(texts), generator=generator)[:n].tolist()
+    cuts = torch.rand(len(picks), generator=generator).tolist()
+    return [texts[i][: max(1, int(len(texts[i]) * (0.25 + 0.5 * c)))] for i, c in zip(picks, cuts, strict=True)]
+
+
 def heldout_prefixes(ctx: EvalContext, n: int) -> list[str]:
-    """`n` prompts of the split's task files, taken round-robin over the tasks (every task represented)."""
-    per_task = [[ex["prompt"] for ex in read_jsonl(p)] for p in task_files(ctx.data_dir, ctx.split).values()]
-    if not per_task:
-        raise EvalError(f"no task files in {ctx.task_dir} to take prefixes from")
-    mixed = [p for row in zip(*per_task, strict=False) for p in row]
-    return mixed[:n]
+    """`n` open prefixes of the split's held-out texts (see `cut_prefixes`)."""
+    return cut_prefixes(heldout_lines(ctx), n, seed=ctx.seed)
 
 
 def _run_perplexity(ctx: EvalContext) -> dict[str, Any]:
