@@ -33,9 +33,11 @@ def histogram(shares: list[float], title: str, xlabel: str = "latent action (sor
     return fig
 
 
-def bars(values: dict[str, float], title: str, ylabel: str = ""):
+def bars(values: dict[str, float], title: str, ylabel: str = "", errors: dict[str, float] | None = None):
+    """Bar chart; `errors` (same keys) draws ±1 standard-error whiskers."""
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(values)), 3.5))
-    ax.bar(list(values), list(values.values()))
+    yerr = [errors[k] for k in values] if errors else None
+    ax.bar(list(values), list(values.values()), yerr=yerr, capsize=3)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.tick_params(axis="x", labelrotation=60)

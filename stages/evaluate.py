@@ -64,7 +64,8 @@ def main() -> None:
                                                       "probe": probe}, indent=2, default=str))
 
         bars = {f"{name}/{task}": summary[f"{name}_{task}_acc"] for task in cfg.tasks for name in MODELS}
-        run.log_figure(plots.bars(bars, "held-out greedy accuracy", ylabel="accuracy"),
+        errors = {f"{name}/{task}": summary[f"{name}_{task}_stderr"] for task in cfg.tasks for name in MODELS}
+        run.log_figure(plots.bars(bars, "held-out greedy accuracy (±1 s.e.)", ylabel="accuracy", errors=errors),
                        "plots/evaluate_accuracy.png", save_to="plots/evaluate_accuracy.png")
         run.log_artifact(out)
         run.summary(summary)
