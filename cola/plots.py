@@ -18,7 +18,10 @@ def curves(history: list[tuple[int, dict[str, float]]], keys: list[str], title: 
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:  # e.g. an imported base: no training, but the declared DVC plot must still exist
+        ax.text(0.5, 0.5, "no training steps", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
 

@@ -12,9 +12,8 @@ def main() -> None:
     with stage("base") as (cfg, run):
         metrics = run_base(cfg, Path("data"), Path("models/base"), checkpoint_dir=Path("checkpoints/base"),
                            on_log=run.on_log)
-        if run.history:
-            run.log_figure(plots.curves(run.history, ["loss"], "base LM pretraining"), "plots/base_loss.png",
-                           save_to="plots/base_loss.png")
+        run.log_figure(plots.curves(run.history, ["loss"], "base LM pretraining"), "plots/base_loss.png",
+                       save_to="plots/base_loss.png")
         run.log_output("models/base")
         run.summary(metrics)
 
