@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,13 @@ from typing import Any, Literal
 from cola.data.prepare import PrepareConfig
 from cola.errors import ParamsError
 from cola.params import flatten, from_dict, load_params
+from cola.report import ReportConfig
+from cola.rl.evaluation import RLEvalConfig
+from cola.rl.stage import RLConfig
 from cola.tracking import StageRun
 from cola.train.base_lm import BaseConfig
 from cola.train.bc import BCConfig
+from cola.train.fta import FTAConfig, SFTConfig
 from cola.train.latent import LatentConfig
 
 PROFILES = ("tiny", "smollm2-135m", "llama-3.1-8b")
@@ -56,6 +61,15 @@ class PipelineParams:
     latent: LatentConfig = field(default_factory=LatentConfig, metadata={"help": "Latent-action pretraining."})
     bc: BCConfig = field(default_factory=BCConfig, metadata={"help": "Behaviour cloning."})
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "Evaluation."})
+    fta: FTAConfig = field(default_factory=FTAConfig, metadata={
+        "help": "Fine-tuning under action guidance of the BC model (CoLA RL starts from it)."})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={
+        "help": "Supervised fine-tuning of the base on the same data and budget (token RL starts from it)."})
+    rl: RLConfig = field(default_factory=RLConfig, metadata={
+        "help": "GRPO, shared by every rl@<method>-<task> entry (latent-action and token-level)."})
+    rl_eval: RLEvalConfig = field(default_factory=RLEvalConfig, metadata={
+        "help": "Evaluation of every model of the RL comparison (rl_eval@<model>)."})
+    report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "The comparison report."})
 
 
 def load_pipeline_params(path: str | Path = "params.yaml") -> PipelineParams:
@@ -64,11 +78,14 @@ def load_pipeline_params(path: str | Path = "params.yaml") -> PipelineParams:
 
 
 @contextmanager
-def stage(name: str, params_path: str | Path | None = None):
+def stage(name: str, params_path: str | Path | None = None, *, key: str | None = None,
+          tags: Mapping[str, Any] | None = None) -> Iterator[tuple[Any, StageRun]]:
     """Validate params.yaml, then open the stage's MLflow run; yields (its config, run).
 
     `run.on_log(step, metrics)` logs step metrics and keeps them in `run.history` for plots. The params file
     is `params.yaml` unless `COLA_PARAMS` names another (used by tests to try bad params without touching it).
+    `key` is the entry of a foreach stage (``rl@cola-math`` has name ``rl``, key ``cola-math``): the section
+    is still `name`, the MLflow run is ``name@key`` and the metrics go to ``metrics/<name>/<key>.json``.
     """
     params_path = params_path or os.environ.get("COLA_PARAMS", "params.yaml")
     params = load_pipeline_params(params_path)
@@ -76,8 +93,10 @@ def stage(name: str, params_path: str | Path | None = None):
     if cfg is None:
         raise ParamsError(f"{params_path}: section {name} is missing")
     history: list[tuple[int, dict[str, float]]] = []
-    with StageRun(name, params=flatten(cfg, prefix=name), profile=params.profile,
-                  metrics_path=f"metrics/{name}.json") as run:
+    run_name = f"{name}@{key}" if key else name
+    metrics_path = f"metrics/{name}/{key}.json" if key else f"metrics/{name}.json"
+    with StageRun(run_name, params=flatten(cfg, prefix=name), profile=params.profile,
+                  metrics_path=metrics_path, tags=tags) as run:
         def on_log(step: int, metrics: dict[str, Any]) -> None:
             history.append((step, dict(metrics)))
             run.log_metrics(metrics, step)
@@ -86,4 +105,23 @@ def stage(name: str, params_path: str | Path | None = None):
         run.history = history
         start = time.perf_counter()
         yield cfg, run
-        run.summary({"stage_seconds": time.perf_counter() - start})
+        timing = {"stage_seconds": time.perf_counter() - start}
+        age = process_seconds()
+        if age is not None:
+            timing["process_seconds"] = age
+        run.summary(timing)
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started, interpreter start-up and imports included (Linux), else None.
+
+    `wall_clock_seconds` (StageRun) times the stage's own work; on a 2-core machine the imports and MLflow
+    set-up add several seconds per stage, which this shows.
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22 of proc(5): starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

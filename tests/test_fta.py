@@ -186,7 +186,7 @@ def test_configs_are_documented_and_validated():
     cfg = from_dict(FTAConfig, {"variant": "fta_i", "tasks": ["arith"], "steps": 5}, "fta")
     # Flat optimisation keys with the fine-tuning defaults, not OptimConfig's pretraining ones.
     assert cfg.variant == "fta_i" and cfg.steps == 5
-    assert (cfg.lr, cfg.weight_decay) == (1e-3, 0.0) != (OptimConfig().lr, OptimConfig().weight_decay)
+    assert (cfg.lr, cfg.weight_decay) == (3e-4, 0.0) != (OptimConfig().lr, OptimConfig().weight_decay)
     with pytest.raises(ColaError, match="fta.variant"):
         from_dict(FTAConfig, {"variant": "fta_x"}, "fta")
     with pytest.raises(ColaError, match=r"fta.tasks\[1\]"):

@@ -1,7 +1,9 @@
 """End to end: the real DVC pipeline with micro params in a temporary git repository, tracked in MLflow.
 
-`dvc repro` runs every stage; a second `dvc repro` is a no-op; `dvc exp run -S latent.lr=...` re-runs only
-`latent` and what depends on it and logs the new value; the MLflow store holds one linked run per stage.
+`dvc repro` runs every stage and fills every row of the report; a second `dvc repro` is a no-op;
+`dvc exp run -S latent.lr=...` re-runs only `latent` and what depends on it (the CoLA side of the RL
+comparison, not the token side) and logs the new value; `dvc exp run -S rl.lr=...` re-runs only the RL runs,
+the evaluation (re-scoring only RL models) and the report; the MLflow store holds one linked run per stage.
 """
 
 from __future__ import annotations
@@ -37,11 +39,28 @@ def micro_params() -> dict:
     p["bc"].update(small, val_tokens=512)
     p["evaluate"].update(limit=8, max_new_tokens=12, batch_size=8, perplexity_tokens=256, diversity_prefixes=3,
                          diversity_samples=3, diversity_length=6, probe_prefixes=3, threads=1)
+    tune = dict(steps=6, batch_size=8, seq_len=64, warmup_steps=1, log_every=2, checkpoint_every=4, threads=1)
+    p["fta"].update(tune)
+    p["sft"].update(tune)
+    p["rl"].update(steps=4, prompts_per_step=2, group_size=2, warmup_steps=1, log_every=2, checkpoint_every=2,
+                   n_prompts=40, threads=1)
+    p["rl"]["tasks"]["math"].update(max_new_tokens=4)
+    p["rl"]["tasks"]["countdown"].update(steps=None, max_new_tokens=6)
+    p["rl_eval"].update(limit=6, max_new_tokens=8, batch_size=8, perplexity_tokens=256, diversity_prompts=2,
+                        diversity_samples=2, threads=1)
     return p
 
 
+RL_RUNS = ("cola-math", "cola-countdown", "token-math", "token-countdown")
+MODELS = ("base", "sft", "bc", "fta", *RL_RUNS)
+
+
+def ran_stages(stdout: str) -> set[str]:
+    return {line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")}
+
+
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -68,12 +87,32 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
 def test_repro_noop_and_experiment(project):
     root, env = project
     run(["dvc", "repro"], root, env)
-    for stage in ("prepare", "base", "latent", "bc", "evaluate"):
-        metrics = json.loads((root / "metrics" / f"{stage}.json").read_text())
-        assert metrics["wall_clock_seconds"] > 0
+    stages = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft", "rl_eval", "report")
+    stage_metrics = [f"{stage}.json" for stage in stages]
+    stage_metrics += [f"rl/{run_}.json" for run_ in RL_RUNS]
+    for name in stage_metrics:
+        metrics = json.loads((root / "metrics" / name).read_text())
+        assert metrics["wall_clock_seconds"] > 0, name
     evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0 <= evaluation["cola_arith_acc"] <= 1 and "qd_latent_random" in evaluation
-    assert (root / "models" / "bc" / "config.json").is_file()
+    for name in ("bc", "fta", "sft", *[f"rl/{r}" for r in RL_RUNS]):
+        assert (root / "models" / name / "config.json").is_file(), name
+    rl = json.loads((root / "metrics" / "rl" / "cola-math.json").read_text())
+    assert rl["steps"] == 4 and {"reward_start", "reward_end", "kl", "entropy", "seconds_per_step"} <= set(rl)
+    curve = json.loads((root / "plots" / "rl" / "token-countdown.json").read_text())
+    assert [r["step"] for r in curve] == [2, 4]
+    assert {"reward_mean", "kl", "tokens_per_second"} <= set(curve[0])
+    assert not any(list((root / "checkpoints" / "rl" / r).iterdir()) for r in RL_RUNS)  # emptied once done
+
+    # One `dvc repro` fills every row of the report, each accuracy with its standard error.
+    report = (root / "report" / "report.md").read_text()
+    headline = json.loads((root / "metrics" / "report.json").read_text())
+    assert "Incomplete" not in report and all((root / "report" / f).is_file()
+                                              for f in ("accuracy.png", "rl_curves.png", "rl_deltas.png"))
+    for model in MODELS:
+        assert 0 <= headline[f"{model}/arith_acc"] <= 1 and f"{model}/spell_acc" in headline, model
+    table = report.split("## 1.")[1].split("## 2.")[0]
+    assert table.count(" ± ") >= len(MODELS) * 5 and "—" not in table, table
 
     second = run(["dvc", "repro"], root, env)
     assert "didn't change" in second.stdout or "up to date" in second.stdout, second.stdout
@@ -82,8 +121,11 @@ def test_repro_noop_and_experiment(project):
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "baseline run"], root, env)
     exp = run(["dvc", "exp", "run", "-S", "latent.lr=3e-4"], root, env)
-    ran = {line.split("'")[1] for line in exp.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"latent", "bc", "evaluate"}, exp.stdout
+    # The CoLA side of the comparison depends on the latent stage; the token side (sft, token RL) does not.
+    assert ran_stages(exp.stdout) == {"latent", "bc", "evaluate", "fta", "rl@cola-math", "rl@cola-countdown",
+                                      "rl_eval", "report"}, exp.stdout
+    reused = json.loads((root / "metrics" / "rl_eval.json").read_text())
+    assert {m for m in MODELS if reused[f"{m}/reused"]} == {"base", "sft", "token-math", "token-countdown"}
 
     show = run(["dvc", "exp", "show", "--json"], root, env)
     assert "cola_arith_acc" in show.stdout and "wm_idm_over_base" in show.stdout
@@ -99,7 +141,22 @@ def test_repro_noop_and_experiment(project):
     assert "mlflow.parentRunId" in latest.data.tags
     siblings = client.search_runs([experiment.experiment_id],
                                   f"tags.pipeline_id = '{latest.data.tags['pipeline_id']}'")
-    assert {r.data.tags.get("stage") for r in siblings} >= {"latent", "bc", "evaluate"}
+    assert {r.data.tags.get("stage") for r in siblings} >= {"latent", "bc", "evaluate", "fta", "report"}
+
+    # RL: one knob for both methods re-runs exactly the RL runs, the evaluation and the report, and the
+    # evaluation re-scores only the RL models.
+    exp = run(["dvc", "exp", "run", "-S", "rl.lr=1e-6"], root, env)
+    assert ran_stages(exp.stdout) == {*[f"rl@{r}" for r in RL_RUNS], "rl_eval", "report"}, exp.stdout
+    reused = json.loads((root / "metrics" / "rl_eval.json").read_text())
+    assert {m for m in MODELS if reused[f"{m}/reused"]} == {"base", "sft", "bc", "fta"}
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'rl@token-math'")
+    assert sorted(r.data.params["rl.lr"] for r in runs) == ["0.0001", "1e-06"]
+    latest = max(runs, key=lambda r: r.info.start_time)
+    assert latest.data.tags["method"] == "token" and latest.data.tags["task"] == "math"
+    history = client.get_metric_history(latest.info.run_id, "reward_mean")
+    assert sorted({m.step for m in history}) == [2, 4]  # (the final value is logged again at the end)
+    curves = {"kl", "entropy", "response_length", "tokens_per_second", "seconds_per_step"}
+    assert curves <= set(latest.data.metrics)
 
 
 def test_invalid_params_stop_the_stage_and_change_nothing(project):

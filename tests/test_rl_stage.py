@@ -1,0 +1,163 @@
+"""The `rl` section and stage library: params mapped onto GRPOConfig, several seeds, resuming after a kill;
+the comparison's evaluation of a multi-seed RL folder, and its reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+from cola.base.tiny import save_hf_folder
+from cola.comparison import model_variants
+from cola.model import CoLAForCausalLM
+from cola.params import ParamsError, from_dict, missing_help
+from cola.rl.grpo import GRPOConfig
+from cola.rl.stage import PER_RUN, RLConfig, run_rl
+
+WORDS = ["<pad>", "<eos>", *"abcdefghij", "Q:", "A:", "\\boxed{h}"]
+
+
+def test_rl_section_covers_every_shared_grpo_setting():
+    shared = {f.name for f in dataclasses.fields(GRPOConfig)} - PER_RUN
+    assert shared <= {f.name for f in dataclasses.fields(RLConfig)}
+    assert not missing_help(RLConfig)
+    cfg = from_dict(RLConfig, {"lr": "1e-6", "tasks": {"countdown": {"max_new_tokens": 50}}}, "rl")
+    run = cfg.grpo_config("token", "countdown", seed=3)
+    assert (run.method, run.seed, run.lr, run.max_new_tokens) == ("token", 3, 1e-6, 50)
+    # A partial override of a task keeps that task's other defaults.
+    assert run.reward_threshold == RLConfig().tasks.countdown.reward_threshold
+    assert cfg.grpo_config("cola", "math", 0).max_new_tokens == 12
+    # Per-task steps override rl.steps; null keeps it.
+    steps = from_dict(RLConfig, {"steps": 50, "tasks": {"countdown": {"steps": 20}, "math": {"steps": None}}}, "rl")
+    assert (steps.grpo_config("cola", "countdown", 0).steps, steps.grpo_config("cola", "math", 0).steps) == (20, 50)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"seeds": []}, "at least one seed"),
+    ({"seeds": [1, 1]}, "distinct"),
+    ({"steps": 5, "warmup_steps": 10}, "warmup_steps"),
+    ({"tasks": {"countdown": {"steps": 5}}}, "warmup_steps"),
+    ({"advantage_mode": "group"}, "kl_in='reward' needs advantage_mode='gae'"),
+    ({"method": "cola"}, "rl.method is not a known key"),
+])
+def test_bad_rl_params_are_one_line_errors(values, message):
+    with pytest.raises(ParamsError, match=message):
+        from_dict(RLConfig, values, "rl")
+
+
+def _project(tmp_path):
+    """models/fta (a tiny CoLA model), models/sft (a tiny LM) and an arith train split; a toy vocabulary."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                        bos_token="<eos>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    base = AutoModelForCausalLM.from_config(config)
+    save_hf_folder(base, tokenizer, tmp_path / "models" / "sft")
+    cola = CoLAForCausalLM.from_base(base, num_actions=8, merge_intermediate_size=64)
+    save_hf_folder(cola, tokenizer, tmp_path / "models" / "fta")
+    split = tmp_path / "data" / "tasks" / "train"
+    split.mkdir(parents=True)
+    rows = [{"prompt": f"Q: {' '.join('abcdefghij'[(i * k) % 10] for i in range(1, 3))} A:", "answer": "h",
+             "completion": " \\\\boxed{h}"}
+            for k in range(12)]
+    (split / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+def _cfg(**overrides) -> RLConfig:
+    values = dict(steps=4, prompts_per_step=2, group_size=2, warmup_steps=1, log_every=1, checkpoint_every=2,
+                  seeds=[0, 1], threads=1, lr=1e-2, tasks={"math": {"max_new_tokens": 3}})
+    return from_dict(RLConfig, {**values, **overrides}, "rl")
+
+
+class Killed(Exception):
+    pass
+
+
+def _untimed(stats: dict[str, float]) -> dict[str, float]:
+    """Everything but wall-clock figures, which differ between any two runs."""
+    return {k: v for k, v in stats.items() if "seconds" not in k and k != "tokens_per_second"}
+
+
+@pytest.mark.parametrize("method", ["cola", "token"])
+def test_seeds_and_resume_after_a_kill_equal_an_uninterrupted_run(tmp_path, method):
+    root = _project(tmp_path)
+    cfg = _cfg()
+
+    def go(name: str, on_log=None):
+        return run_rl(cfg, method, "math", data_dir=root / "data", models_dir=root / "models",
+                      out_dir=root / name, checkpoint_dir=root / "checkpoints" / name, on_log=on_log)
+
+    clean = go("clean")
+    assert [r.seed for r in clean] == [0, 1] and [s for s, _ in clean[1].history] == [1, 2, 3, 4]
+    assert clean[0].summary["steps"] == 4 and "reward_end" in clean[0].summary
+    variants = model_variants(root / "clean")
+    assert variants == [(0, root / "clean"), (1, root / "clean" / "seeds" / "1")]
+    assert not any((root / "checkpoints" / "clean").iterdir())  # emptied, but kept for DVC
+
+    # Killed at step 3 of the second seed: its step-2 checkpoint and seed 0's finished state are on disk.
+    def kill(step, stats):
+        if "seed1/loss" in stats and step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        go("resumed", kill)
+    assert sorted(p.name for p in (root / "checkpoints" / "resumed").iterdir()) == ["seed-0", "seed-1"]
+    logged = []
+    resumed = go("resumed", lambda step, stats: logged.append((step, sorted(stats))))
+    # The restored curves are replayed (MLflow gets the whole run again), then seed 1 continues from step 2.
+    assert [step for step, _ in logged] == [1, 2, 3, 4, 1, 2, 3, 4]
+    for a, b in zip(clean, resumed, strict=True):
+        assert [(step, _untimed(stats)) for step, stats in a.history] == [
+            (step, _untimed(stats)) for step, stats in b.history]
+        assert _untimed(a.summary) == _untimed(b.summary)
+        weights_a = load_file(str(a.model_dir / "model.safetensors"))
+        weights_b = load_file(str(b.model_dir / "model.safetensors"))
+        assert weights_a.keys() == weights_b.keys()
+        assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_evaluate_folder_scores_every_seed_and_reuses_an_unchanged_result(tmp_path):
+    from cola.rl.evaluation import RLEvalConfig, evaluate_folder, headline
+
+    root = _project(tmp_path)
+    run_rl(_cfg(steps=2, checkpoint_every=10), "cola", "math", data_dir=root / "data",
+           models_dir=root / "models", out_dir=root / "models" / "rl" / "cola-math")
+    test = root / "data" / "tasks" / "test"
+    test.mkdir(parents=True)
+    for task in ("arith", "spell"):
+        rows = [{"task": task, "prompt": f"Q: {w} A:", "answer": "h", "completion": " \\boxed{h}"}
+                for w in "abcdef"]
+        (test / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "data" / "corpus").mkdir(parents=True)
+    val = "".join(f"Q: {w} A: \\boxed{{h}}\n" for w in "abcdefgh")
+    (root / "data" / "corpus" / "val.txt").write_text(val)
+    cfg = RLEvalConfig(tasks=["arith", "spell"], limit=4, max_new_tokens=3, batch_size=4,
+                       perplexity_tokens=128, diversity_tasks=["arith"], diversity_prompts=2,
+                       diversity_samples=2, threads=1)
+
+    def go(config, name="cola-math"):
+        return evaluate_folder(root / "models" / "rl" / name, config, data_dir=root / "data",
+                               out_dir=root / "eval_rl" / name, cache_dir=root / "cache" / name)
+
+    summary, reused = go(cfg)
+    metrics = summary["metrics"]
+    assert not reused and metrics["n_seeds"] == 2 and summary["kind"] == "cola"
+    assert {"arith_acc", "arith_acc_sd", "seed1/spell_acc", "val_ppl", "arith_qd",
+            "arith_sampled_acc"} <= set(metrics)
+    assert (root / "eval_rl" / "cola-math" / "seed1" / "spell.jsonl").is_file()
+    assert set(headline(metrics)) >= {"arith_acc", "spell_acc_sd", "val_ppl", "arith_qd"}
+    assert not any("/" in k for k in headline(metrics))
+    again, reused = go(cfg)
+    assert reused and again == summary
+    _, reused = go(dataclasses.replace(cfg, limit=3))
+    assert not reused
