@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import enum
 import fnmatch
 import io
@@ -278,23 +279,11 @@ def eval_command(
         # Names are checked before loading the model (a typo fails in milliseconds), then again with the
         # model's kind (a plain base cannot run the probe), always before any task runs.
         options = {"math500_path": str(math500_path)} if math500_path is not None else {}
-        probe = EvalContext(
+        ctx = EvalContext(
             model_path=str(model),
             model=None,
             tokenizer=None,
             kind="cola",
-            data_dir=data_dir,
-            split=split,
-            samples=samples,
-            options=options,
-        )
-        check_tasks(task, probe)
-        loaded, tokenizer, kind = _load(model, threads)
-        ctx = EvalContext(
-            model_path=str(model),
-            model=loaded,
-            tokenizer=tokenizer,
-            kind=kind,
             data_dir=data_dir,
             split=split,
             limit=limit,
@@ -306,6 +295,9 @@ def eval_command(
             samples=samples,
             options=options,
         )
+        check_tasks(task, ctx)
+        loaded, tokenizer, kind = _load(model, threads)
+        ctx = dataclasses.replace(ctx, model=loaded, tokenizer=tokenizer, kind=kind)
         check_tasks(task, ctx)
         settings = dict(
             data_dir=str(data_dir),
