@@ -1,9 +1,11 @@
 """End to end: the real DVC pipeline with micro params in a temporary git repository, tracked in MLflow.
 
-`dvc repro` runs every stage and fills every row of the report; a second `dvc repro` is a no-op;
-`dvc exp run -S latent.lr=...` re-runs only `latent` and what depends on it (the CoLA side of the RL
-comparison, not the token side) and logs the new value; `dvc exp run -S rl.lr=...` re-runs only the RL runs,
-the evaluation (re-scoring only RL models) and the report; the MLflow store holds one linked run per stage.
+The two DVC tests share one project and run in order. The first runs the DAG up to `evaluate`, then
+`dvc exp run -S latent.lr=...` of it (only `latent` and what depends on it re-run; the new value is logged to
+MLflow). The second runs the rest of the DAG, whose report must have every row filled; a second `dvc repro` is
+a no-op; `dvc exp run -S rl.lr=...` re-runs only the RL runs, the evaluation (re-scoring only RL models) and
+the report. That a latent change leaves the token side of the comparison cached is checked on dvc.yaml itself.
+Each stage execution costs ~15 s of Python and MLflow start-up on 2 cores, so the tests run as few as show it.
 """
 
 from __future__ import annotations
@@ -84,7 +86,54 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     return root, env
 
 
-def test_repro_noop_and_experiment(project):
+CORE_STAGES = ("prepare", "base", "latent", "bc", "evaluate")
+
+
+def mlflow_runs(env: dict, stage: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("cola")
+    return client, experiment, client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}'")
+
+
+def test_core_dag_and_a_latent_experiment(project):
+    """The DAG up to `evaluate`, then `dvc exp run -S latent.lr=3e-4` of it, then the MLflow runs (≤ 3 min)."""
+    root, env = project
+    first = run(["dvc", "repro", "evaluate"], root, env)
+    assert ran_stages(first.stdout) == set(CORE_STAGES), first.stdout
+    for stage in CORE_STAGES:
+        metrics = json.loads((root / "metrics" / f"{stage}.json").read_text())
+        assert metrics["wall_clock_seconds"] > 0, stage
+    evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert 0 <= evaluation["cola_arith_acc"] <= 1 and "qd_latent_random" in evaluation
+    assert (root / "models" / "bc" / "config.json").is_file()
+
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline run"], root, env)
+    exp = run(["dvc", "exp", "run", "-S", "latent.lr=3e-4", "evaluate"], root, env)
+    assert ran_stages(exp.stdout) == {"latent", "bc", "evaluate"}, exp.stdout
+
+    show = run(["dvc", "exp", "show", "--json"], root, env)
+    assert "cola_arith_acc" in show.stdout and "wm_idm_over_base" in show.stdout
+
+    client, experiment, runs = mlflow_runs(env, "latent")
+    assert sorted(r.data.params["latent.lr"] for r in runs) == ["0.0003", "0.002"]
+    latest = max(runs, key=lambda r: r.info.start_time)
+    assert latest.data.tags["dvc_exp"] != "workspace" and latest.data.tags["profile"] == "tiny"
+    assert "mlflow.parentRunId" in latest.data.tags
+    siblings = client.search_runs([experiment.experiment_id],
+                                  f"tags.pipeline_id = '{latest.data.tags['pipeline_id']}'")
+    # One run per stage execution, nested under the pipeline execution's parent run (which has no stage).
+    assert sorted(r.data.tags.get("stage", "") for r in siblings) == ["", "bc", "evaluate", "latent"]
+    parent = next(r for r in siblings if "stage" not in r.data.tags)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in siblings if r != parent)
+
+
+def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
+    """The rest of the DAG (fine-tuning, the four RL runs, their evaluation, the report); a no-op repro;
+    `dvc exp run -S rl.lr=1e-6` re-runs exactly the RL runs, the evaluation (re-scoring only RL models) and
+    the report."""
     root, env = project
     run(["dvc", "repro"], root, env)
     stages = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft", "rl_eval", "report")
@@ -93,8 +142,6 @@ def test_repro_noop_and_experiment(project):
     for name in stage_metrics:
         metrics = json.loads((root / "metrics" / name).read_text())
         assert metrics["wall_clock_seconds"] > 0, name
-    evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
-    assert 0 <= evaluation["cola_arith_acc"] <= 1 and "qd_latent_random" in evaluation
     for name in ("bc", "fta", "sft", *[f"rl/{r}" for r in RL_RUNS]):
         assert (root / "models" / name / "config.json").is_file(), name
     rl = json.loads((root / "metrics" / "rl" / "cola-math.json").read_text())
@@ -119,37 +166,12 @@ def test_repro_noop_and_experiment(project):
     assert "Running stage" not in second.stdout
 
     run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "baseline run"], root, env)
-    exp = run(["dvc", "exp", "run", "-S", "latent.lr=3e-4"], root, env)
-    # The CoLA side of the comparison depends on the latent stage; the token side (sft, token RL) does not.
-    assert ran_stages(exp.stdout) == {"latent", "bc", "evaluate", "fta", "rl@cola-math", "rl@cola-countdown",
-                                      "rl_eval", "report"}, exp.stdout
-    reused = json.loads((root / "metrics" / "rl_eval.json").read_text())
-    assert {m for m in MODELS if reused[f"{m}/reused"]} == {"base", "sft", "token-math", "token-countdown"}
-
-    show = run(["dvc", "exp", "show", "--json"], root, env)
-    assert "cola_arith_acc" in show.stdout and "wm_idm_over_base" in show.stdout
-
-    import mlflow
-
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("cola")
-    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'latent'")
-    assert sorted(r.data.params["latent.lr"] for r in runs) == ["0.0003", "0.002"]
-    latest = max(runs, key=lambda r: r.info.start_time)
-    assert latest.data.tags["dvc_exp"] != "workspace" and latest.data.tags["profile"] == "tiny"
-    assert "mlflow.parentRunId" in latest.data.tags
-    siblings = client.search_runs([experiment.experiment_id],
-                                  f"tags.pipeline_id = '{latest.data.tags['pipeline_id']}'")
-    assert {r.data.tags.get("stage") for r in siblings} >= {"latent", "bc", "evaluate", "fta", "report"}
-
-    # RL: one knob for both methods re-runs exactly the RL runs, the evaluation and the report, and the
-    # evaluation re-scores only the RL models.
+    run(["git", "commit", "-qm", "full run"], root, env)
     exp = run(["dvc", "exp", "run", "-S", "rl.lr=1e-6"], root, env)
     assert ran_stages(exp.stdout) == {*[f"rl@{r}" for r in RL_RUNS], "rl_eval", "report"}, exp.stdout
     reused = json.loads((root / "metrics" / "rl_eval.json").read_text())
     assert {m for m in MODELS if reused[f"{m}/reused"]} == {"base", "sft", "bc", "fta"}
-    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'rl@token-math'")
+    client, _, runs = mlflow_runs(env, "rl@token-math")
     assert sorted(r.data.params["rl.lr"] for r in runs) == ["0.0001", "1e-06"]
     latest = max(runs, key=lambda r: r.info.start_time)
     assert latest.data.tags["method"] == "token" and latest.data.tags["task"] == "math"
@@ -157,6 +179,42 @@ def test_repro_noop_and_experiment(project):
     assert sorted({m.step for m in history}) == [2, 4]  # (the final value is logged again at the end)
     curves = {"kl", "entropy", "response_length", "tokens_per_second", "seconds_per_step"}
     assert curves <= set(latest.data.metrics)
+
+
+def upstream(stages: dict, name: str) -> set[str]:
+    """Every stage whose outputs `name` depends on, transitively (by dvc.yaml's deps and outs)."""
+    producers = {}
+    for stage, spec in stages.items():
+        for out in spec.get("outs", []):
+            producers[out if isinstance(out, str) else next(iter(out))] = stage
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        for dep in stages[todo.pop()].get("deps", []):
+            for out, producer in producers.items():
+                if (dep == out or dep.startswith(out + "/")) and producer not in found:
+                    found.add(producer)
+                    todo.append(producer)
+    return found
+
+
+def test_the_token_baseline_does_not_depend_on_latent_actions():
+    """So `-S latent.lr=...` re-runs only the CoLA side of the comparison (the token side is cached)."""
+    raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = {}
+    for name, spec in raw.items():
+        if "foreach" not in spec:
+            stages[name] = spec
+            continue
+        for key, item in spec["foreach"].items():
+            text = yaml.safe_dump(spec["do"]).replace("${key}", key)
+            for field_name, value in item.items():
+                text = text.replace("${item." + field_name + "}", value)
+            stages[f"rl@{key}"] = yaml.safe_load(text)
+    assert "latent" not in upstream(stages, "rl@token-math") | upstream(stages, "rl@token-countdown")
+    assert "sft" in upstream(stages, "rl@token-math")
+    assert {"latent", "bc", "fta"} <= upstream(stages, "rl@cola-math")
+    assert {"latent", "bc", "fta", "sft"} <= upstream(stages, "report")
 
 
 def test_invalid_params_stop_the_stage_and_change_nothing(project):

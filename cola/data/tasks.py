@@ -21,8 +21,6 @@ from fractions import Fraction
 from itertools import count, islice
 from typing import Any
 
-import reasoning_gym
-
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -263,6 +261,8 @@ def iter_examples(task: str, seed: int) -> Iterator[dict[str, Any]]:
     """The endless deterministic stream of examples of ``task`` (duplicates included)."""
     if task not in TASKS:
         raise KeyError(f"unknown task {task!r}; known: {sorted(TASKS)}")
+    import reasoning_gym  # here, not at module level: its 2 s import would otherwise tax every stage
+
     spec = TASKS[task]
     # size is only reasoning-gym's virtual length; __getitem__ works for any index.
     ds = reasoning_gym.create_dataset(spec.source, seed=source_seed(task, seed), size=1, **spec.config)
