@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["METHODS", "RL_TASKS", "RUN_INFO", "START_MODELS", "Row", "aggregate", "model_variants", "rows",
-           "seed_key", "seed_values", "spread", "write_run_info"]
+           "seed_key", "seed_values", "spread", "values_by_seed", "write_run_info"]
 
 #: RL task -> the task split of its prompts (data/tasks/train/<split>.jsonl), reward and headline test.
 RL_TASKS = {"math": "arith", "countdown": "countdown"}
@@ -112,14 +112,23 @@ def aggregate(per_seed: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
+def values_by_seed(metrics: Mapping[str, float], key: str) -> dict[int | None, float]:
+    """Each seed's value of `key` in metrics written by :func:`aggregate`, keyed by seed.
+
+    Single-seed metrics have no per-seed keys: their value comes back under the key None. A seed that did not
+    report `key` is absent.
+    """
+    prefix, suffix = "seed", f"/{key}"
+    found = {int(k[len(prefix) : -len(suffix)]): v for k, v in metrics.items()
+             if k.startswith(prefix) and k.endswith(suffix) and k[len(prefix) : -len(suffix)].lstrip("-").isdigit()}
+    if found:
+        return {s: math.nan if v is None else float(v) for s, v in found.items()}  # None: non-finite in JSON
+    return {None: float(metrics[key])} if metrics.get(key) is not None else {}
+
+
 def seed_values(metrics: Mapping[str, float], key: str) -> list[float]:
     """Every seed's value of `key` in metrics written by :func:`aggregate` (one value for a single seed)."""
-    prefix, suffix = "seed", f"/{key}"
-    values = [v for k, v in metrics.items() if k.startswith(prefix) and k.endswith(suffix)
-              and k[len(prefix) : -len(suffix)].lstrip("-").isdigit()]
-    if values:
-        return [math.nan if v is None else float(v) for v in values]  # None: a non-finite value in JSON
-    return [float(metrics[key])] if metrics.get(key) is not None else []
+    return list(values_by_seed(metrics, key).values())
 
 
 def spread(values: Sequence[float], kind: str = "sd") -> float:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cola.comparison import RL_TASKS, SPREADS, Row, rows, seed_values, spread
+from cola.comparison import RL_TASKS, SPREADS, Row, rows, seed_values, spread, values_by_seed
 from cola.plots import plt
 
 __all__ = ["ReportConfig", "build_report", "paired_difference"]
@@ -168,6 +168,48 @@ def metric_difference(a: ModelEval | None, b: ModelEval | None, key: str, spread
     """metric(a) − metric(b) (mean over seeds, with a's spread when a has several)."""
     ma, mb = metric(a, key, spread_kind), metric(b, key, spread_kind)
     return Estimate(ma.value - mb.value, ma.error, ma.n_seeds)
+
+
+def threshold_cell(m: Mapping[str, Any]) -> str:
+    """``step / seconds (reached k of n seeds)`` of an RL run's time-to-threshold (mean over the seeds)."""
+    reached = values_by_seed(m, "threshold_reached")
+    if not reached:
+        return "—"
+    n_reached = sum(1 for v in reached.values() if v > 0)
+    if n_reached == 0:
+        return f"not reached in {_seconds(m.get('train_seconds'))} s"
+    step, seconds = seed_values(m, "threshold_step"), seed_values(m, "threshold_seconds")
+    return (f"{sum(step) / len(step):.0f} / {sum(seconds) / len(seconds):.0f}"
+            + (f" ({n_reached} of {len(reached)})" if len(reached) > 1 else ""))
+
+
+@dataclass
+class Bound(Estimate):
+    """An estimate known only as a bound: ``< value`` (upper) or ``> value`` (lower)."""
+
+    relation: str = "<"
+
+    def fmt(self, scale: float = 1.0, digits: int = 1, signed: bool = False) -> str:
+        return f"{self.relation} {super().fmt(scale, digits, signed)}"
+
+
+def time_to_threshold_ratio(cola: Mapping[str, Any], token: Mapping[str, Any], unit: str) -> Estimate:
+    """CoLA's time to the reward threshold over token-RL's, in ``seconds`` or ``step``, paired by seed.
+
+    Seeds where both reached it give ratios (mean ± sd over seeds). When none did but one method reached it
+    in some seed, a bound from that method's time over the other's whole run (steps or train seconds).
+    """
+    key, total_key = f"threshold_{unit}", "train_seconds" if unit == "seconds" else "steps"
+    a, b = values_by_seed(cola, key), values_by_seed(token, key)
+    ratios = [a[s] / b[s] for s in a.keys() & b.keys() if b[s] > 0]
+    if ratios:
+        return Estimate(sum(ratios) / len(ratios), spread(ratios), len(ratios))
+    a_total, b_total = _float(cola.get(total_key)), _float(token.get(total_key))
+    if a and b_total > 0:  # only CoLA got there: token-RL would have needed more than its whole run
+        return Bound(min(a.values()) / b_total, relation="<")
+    if b and a_total > 0:
+        return Bound(a_total / min(b.values()), relation=">")
+    return Estimate(math.nan)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -318,7 +360,24 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
     md.append("Note the two arms start from different models (CoLA-FTA and SFT); section 3 separates the RL "
               "gain from the starting point.\n")
 
-    # 5. Wall-clock: each stage's own work, and its whole process (imports and MLflow set-up included).
+    # 5. The paper's "half the computation" claim: time for each method's sampled reward to reach the threshold.
+    body = []
+    for task in RL_TASKS:
+        cola, token = rl_metrics.get(f"cola-{task}", {}), rl_metrics.get(f"token-{task}", {})
+        seconds, steps = time_to_threshold_ratio(cola, token, "seconds"), time_to_threshold_ratio(cola, token, "step")
+        body.append([task, _num(cola.get("reward_threshold") or token.get("reward_threshold"), 2),
+                     threshold_cell(cola), threshold_cell(token), seconds.fmt(1, 2), steps.fmt(1, 2)])
+        for name, est in (("seconds", seconds), ("steps", steps)):
+            headline[f"cola_over_token_threshold_{name}/{task}"] = est.value
+    md.append("## 5. Time to the reward threshold: CoLA-RL / Token-RL\n")
+    md.append(_table(["task", "threshold", "CoLA-RL: step / s (seeds reached)", "Token-RL: step / s (seeds reached)",
+                      "ratio of seconds", "ratio of steps"], body) + "\n")
+    md.append("The paper reports that latent-action RL reaches the reward in about half the computation of "
+              "token-level RL (a ratio ≤ 0.5). Seconds are GRPO step time (rollout + update); ratios are over "
+              "the seeds where both runs reached the threshold (mean ± spread with several seeds). `< x`: only "
+              "CoLA reached it, so the ratio is below CoLA's time over token-RL's whole run; `> x`: the reverse.\n")
+
+    # 6. Wall-clock: each stage's own work, and its whole process (imports and MLflow set-up included).
     files = [(name, root / "metrics" / f"{name}.json") for name in PIPELINE_STAGES]
     files += [(f"rl@{row.name}", root / "metrics" / "rl" / f"{row.name}.json") for row in rl_rows]
     files += [("rl_eval", root / "metrics" / "rl_eval.json")]
@@ -330,7 +389,7 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
         totals = [t + (v if isinstance(v, int | float) else 0.0) for t, v in zip(totals, times, strict=True)]
     body.append(["**total**", *[f"**{t:.0f}**" for t in totals]])
     headline["pipeline_seconds"], headline["pipeline_process_seconds"] = totals
-    md.append("## 5. Wall-clock per stage (seconds, last run of each)\n")
+    md.append("## 6. Wall-clock per stage (seconds, last run of each)\n")
     md.append(_table(["stage", "work", "process"], body) + "\n")
     md.append("Work: the stage's own computation; process: the whole stage process, Python start-up, imports "
               "and MLflow set-up included (DVC's own bookkeeping between stages is not counted).\n")

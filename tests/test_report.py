@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 
 from cola.comparison import Row, aggregate, model_variants, rows, seed_values, spread, write_run_info
-from cola.report import ReportConfig, build_report, paired_difference
+from cola.report import ReportConfig, build_report, paired_difference, time_to_threshold_ratio
 
 TASKS = ("arith", "countdown", "spell", "wrev")
 
@@ -142,7 +143,7 @@ def test_every_row_and_metric_with_standard_errors(tmp_path):
     assert report.metrics["cola_minus_token/countdown"] == pytest.approx(0.10)
     runs = _section(report.markdown, 2)
     assert "0.100 → 0.200" in runs and "120 / 40" in runs
-    wall = _section(report.markdown, 5)
+    wall = _section(report.markdown, 6)
     assert "| rl@cola-math | 110 | — |" in wall and "| prepare | 60 | 70 |" in wall and "**total**" in wall
     assert "| rl_eval | — | — |" in wall
     assert set(report.figures) == {"accuracy.png", "rl_curves.png", "rl_deltas.png"}
@@ -193,3 +194,35 @@ def test_the_grid_matches_dvc_yaml():
     assert folders <= set(stages["rl_eval"]["deps"])
     assert Row("cola-math", "x", "cola", "math", "fta").split == "arith"
     assert Row("cola-math", "x", "cola", "math", "fta").folder == Path("models/rl/cola-math")
+
+
+def test_time_to_threshold_ratio_pairs_seeds_and_bounds_a_run_that_never_got_there():
+    one = {"threshold_reached": 1.0, "threshold_step": 40.0, "threshold_seconds": 12.0, "steps": 300,
+           "train_seconds": 90.0}
+    other = {"threshold_reached": 1.0, "threshold_step": 100.0, "threshold_seconds": 30.0, "steps": 300,
+             "train_seconds": 90.0}
+    assert time_to_threshold_ratio(one, other, "seconds").value == pytest.approx(0.4)
+    assert time_to_threshold_ratio(one, other, "step").value == pytest.approx(0.4)
+    never = {"threshold_reached": 0.0, "steps": 300, "train_seconds": 80.0}
+    below = time_to_threshold_ratio(one, never, "seconds")  # token-RL would need more than its 80 s
+    assert below.value == pytest.approx(12 / 80) and below.fmt(1, 2) == "< 0.15"
+    assert time_to_threshold_ratio(never, other, "step").fmt(1, 2) == "> 3.00"  # 300 / 100
+    assert math.isnan(time_to_threshold_ratio(never, never, "step").value)
+    # Several seeds: paired by seed, only where both reached; mean ± sd.
+    three = aggregate({0: one, 1: {**one, "threshold_seconds": 18.0}, 2: never})
+    three_token = aggregate({0: other, 1: other, 2: other})
+    est = time_to_threshold_ratio(three, three_token, "seconds")
+    assert est.value == pytest.approx(0.5) and est.n_seeds == 2
+    assert est.error == pytest.approx(statistics.stdev([0.4, 0.6]))
+
+
+def test_the_report_states_the_time_to_threshold_ratio(tmp_path):
+    _pipeline(tmp_path)
+    metrics = tmp_path / "metrics" / "rl" / "cola-countdown.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "threshold_seconds": 10.0,
+                                   "threshold_step": 30.0, "reward_threshold": 0.2}))
+    report = build_report(tmp_path, ReportConfig())
+    section = _section(report.markdown, 5)
+    assert "| countdown | 0.20 | 30 / 10 | 120 / 40 | 0.25 | 0.25 |" in section
+    assert report.metrics["cola_over_token_threshold_seconds/countdown"] == pytest.approx(0.25)
+    assert report.metrics["cola_over_token_threshold_steps/math"] == pytest.approx(1.0)

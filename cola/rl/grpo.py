@@ -303,6 +303,7 @@ class GRPOTrainer:
             out["reward_start"] = sum(history[:fifth]) / fifth
             out["reward_end"] = sum(history[-fifth:]) / fifth
         if self.config.reward_threshold is not None:
+            out["reward_threshold"] = self.config.reward_threshold  # what threshold_* were measured against
             out["threshold_reached"] = float(self.threshold_step is not None)
             if self.threshold_step is not None:
                 out["threshold_step"] = float(self.threshold_step)
