@@ -171,16 +171,20 @@ def metric_difference(a: ModelEval | None, b: ModelEval | None, key: str, spread
 
 
 def threshold_cell(m: Mapping[str, Any]) -> str:
-    """``step / seconds (reached k of n seeds)`` of an RL run's time-to-threshold (mean over the seeds)."""
-    reached = values_by_seed(m, "threshold_reached")
-    if not reached:
+    """``step / seconds`` to an RL run's reward threshold (mean over the seeds that learned their way there)."""
+    steps = _threshold_times(m, "threshold_step")
+    if not steps:
         return "—"
-    n_reached = sum(1 for v in reached.values() if v > 0)
-    if n_reached == 0:
+    learned = [s for s, v in steps.items() if not isinstance(v, str)]
+    if not learned:
+        if all(v == "start" for v in steps.values()):
+            return "at the start (its start model was already above it)"
         return f"not reached in {_seconds(m.get('train_seconds'))} s"
-    step, seconds = seed_values(m, "threshold_step"), seed_values(m, "threshold_seconds")
-    return (f"{sum(step) / len(step):.0f} / {sum(seconds) / len(seconds):.0f}"
-            + (f" ({n_reached} of {len(reached)})" if len(reached) > 1 else ""))
+    seconds = _threshold_times(m, "threshold_seconds")
+    mean_step = sum(steps[s] for s in learned) / len(learned)
+    mean_seconds = sum(seconds[s] for s in learned) / len(learned)
+    return f"{mean_step:.0f} / {mean_seconds:.0f}" + (f" ({len(learned)} of {len(steps)} seeds)"
+                                                      if len(steps) > 1 else "")
 
 
 @dataclass
@@ -193,22 +197,42 @@ class Bound(Estimate):
         return f"{self.relation} {super().fmt(scale, digits, signed)}"
 
 
+def _threshold_times(m: Mapping[str, Any], key: str) -> dict[int | None, float | str]:
+    """Per seed: the time to the threshold, ``"never"`` (not reached), or ``"start"`` (the start model was
+    already above it, so the run measured no learning)."""
+    at_start = values_by_seed(m, "threshold_at_start")
+    times = values_by_seed(m, key)
+    out: dict[int | None, float | str] = {}
+    for seed, reached in values_by_seed(m, "threshold_reached").items():
+        if not reached > 0:
+            out[seed] = "never"
+        elif at_start.get(seed, 0.0) > 0:
+            out[seed] = "start"
+        elif seed in times:
+            out[seed] = times[seed]
+    return out
+
+
 def time_to_threshold_ratio(cola: Mapping[str, Any], token: Mapping[str, Any], unit: str) -> Estimate:
     """CoLA's time to the reward threshold over token-RL's, in ``seconds`` or ``step``, paired by seed.
 
-    Seeds where both reached it give ratios (mean ± sd over seeds). When none did but one method reached it
-    in some seed, a bound from that method's time over the other's whole run (steps or train seconds).
+    Seeds where both learned their way to it give ratios (mean ± sd over seeds). When there are none but in
+    some seed one method got there and the other never did, a bound from that time over the other's whole run
+    (steps or train seconds). A seed whose start model was already above the threshold measured nothing.
     """
     key, total_key = f"threshold_{unit}", "train_seconds" if unit == "seconds" else "steps"
-    a, b = values_by_seed(cola, key), values_by_seed(token, key)
-    ratios = [a[s] / b[s] for s in a.keys() & b.keys() if b[s] > 0]
+    a, b = _threshold_times(cola, key), _threshold_times(token, key)
+    pairs = [(a[s], b[s]) for s in a.keys() & b.keys()]
+    ratios = [x / y for x, y in pairs if not isinstance(x, str) and not isinstance(y, str) and y > 0]
     if ratios:
         return Estimate(sum(ratios) / len(ratios), spread(ratios), len(ratios))
     a_total, b_total = _float(cola.get(total_key)), _float(token.get(total_key))
-    if a and b_total > 0:  # only CoLA got there: token-RL would have needed more than its whole run
-        return Bound(min(a.values()) / b_total, relation="<")
-    if b and a_total > 0:
-        return Bound(a_total / min(b.values()), relation=">")
+    upper = [x for x, y in pairs if not isinstance(x, str) and y == "never"]
+    lower = [y for x, y in pairs if x == "never" and not isinstance(y, str)]
+    if upper and b_total > 0:  # only CoLA got there: token-RL would have needed more than its whole run
+        return Bound(min(upper) / b_total, relation="<")
+    if lower and a_total > 0:
+        return Bound(a_total / min(lower), relation=">")
     return Estimate(math.nan)
 
 
@@ -302,16 +326,10 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
     body = []
     for row in rl_rows:
         m = rl_metrics[row.name]
-        if m.get("threshold_reached") is None:
-            threshold = "—"
-        elif m.get("threshold_step") is not None and m.get("threshold_reached", 0) > 0:
-            threshold = f"{m['threshold_step']:.0f} / {m['threshold_seconds']:.0f}"
-        else:
-            threshold = "not reached"
         body.append([row.label, row.start, f"{_num(m.get('reward_start'))} → {_num(m.get('reward_end'))}",
                      _num(m.get("kl")), _num(m.get("entropy")), _num(m.get("response_length"), 1),
                      _num(m.get("seconds_per_step"), 3), _seconds(m.get("tokens_per_second")),
-                     _seconds(m.get("steps")), threshold, _seconds(m.get("train_seconds"))])
+                     _seconds(m.get("steps")), threshold_cell(m), _seconds(m.get("train_seconds"))])
         for key in ("reward_start", "reward_end", "threshold_step", "threshold_seconds", "train_seconds"):
             if m.get(key) is not None:
                 headline[f"{row.name}/{key}"] = m[key]
@@ -370,7 +388,7 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
         for name, est in (("seconds", seconds), ("steps", steps)):
             headline[f"cola_over_token_threshold_{name}/{task}"] = est.value
     md.append("## 5. Time to the reward threshold: CoLA-RL / Token-RL\n")
-    md.append(_table(["task", "threshold", "CoLA-RL: step / s (seeds reached)", "Token-RL: step / s (seeds reached)",
+    md.append(_table(["task", "threshold", "CoLA-RL: step / s", "Token-RL: step / s",
                       "ratio of seconds", "ratio of steps"], body) + "\n")
     md.append("The paper reports that latent-action RL reaches the reward in about half the computation of "
               "token-level RL (a ratio ≤ 0.5). Seconds are GRPO step time (rollout + update); ratios are over "

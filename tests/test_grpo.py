@@ -239,6 +239,12 @@ def test_stats_and_time_to_threshold(tokenizer) -> None:
     first = next(i + 1 for i in range(9, len(history)) if sum(history[i - 9 : i + 1]) / 10 >= 0.5)
     assert summary["threshold_reached"] == 1.0 and summary["threshold_step"] == first
     assert 0 < summary["threshold_seconds"] <= summary["train_seconds"]
+    assert summary["threshold_at_start"] == float(first == 10) and summary["reward_threshold"] == 0.5
+
+    # A threshold the start model already meets is flagged: that run measured no learning speed.
+    low = config("token", steps=10, reward_threshold=-1.0)
+    summary = GRPOTrainer(build_policy(tiny_base(), tokenizer, low), low, PROMPTS, toy_reward).train()
+    assert summary["threshold_step"] == 10 and summary["threshold_at_start"] == 1.0
 
 
 def test_kl_in_loss_with_group_advantages_and_several_epochs(tokenizer) -> None:

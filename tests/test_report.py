@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cola.comparison import Row, aggregate, model_variants, rows, seed_values, spread, write_run_info
-from cola.report import ReportConfig, build_report, paired_difference, time_to_threshold_ratio
+from cola.report import ReportConfig, build_report, paired_difference, threshold_cell, time_to_threshold_ratio
 
 TASKS = ("arith", "countdown", "spell", "wrev")
 
@@ -208,6 +208,12 @@ def test_time_to_threshold_ratio_pairs_seeds_and_bounds_a_run_that_never_got_the
     assert below.value == pytest.approx(12 / 80) and below.fmt(1, 2) == "< 0.15"
     assert time_to_threshold_ratio(never, other, "step").fmt(1, 2) == "> 3.00"  # 300 / 100
     assert math.isnan(time_to_threshold_ratio(never, never, "step").value)
+    # A start model already above the threshold measured no learning: no ratio, and no bound either.
+    at_start = {**one, "threshold_step": 10.0, "threshold_at_start": 1.0}
+    assert math.isnan(time_to_threshold_ratio(at_start, other, "seconds").value)
+    assert math.isnan(time_to_threshold_ratio(one, at_start, "seconds").value)
+    assert threshold_cell(at_start).startswith("at the start") and threshold_cell(never) == "not reached in 80 s"
+    assert threshold_cell(one) == "40 / 12"
     # Several seeds: paired by seed, only where both reached; mean ± sd.
     three = aggregate({0: one, 1: {**one, "threshold_seconds": 18.0}, 2: never})
     three_token = aggregate({0: other, 1: other, 2: other})

@@ -308,6 +308,9 @@ class GRPOTrainer:
             if self.threshold_step is not None:
                 out["threshold_step"] = float(self.threshold_step)
                 out["threshold_seconds"] = float(self.threshold_seconds)
+                # Reached by the first full window: the start model was already there, so this run's time
+                # to the threshold measures nothing about learning speed.
+                out["threshold_at_start"] = float(self.threshold_step == MA_WINDOW)
         return out
 
     # ------------------------------------------------------------------------------------------ resuming
