@@ -119,8 +119,11 @@ def values_by_seed(metrics: Mapping[str, float], key: str) -> dict[int | None, f
     report `key` is absent.
     """
     prefix, suffix = "seed", f"/{key}"
-    found = {int(k[len(prefix) : -len(suffix)]): v for k, v in metrics.items()
-             if k.startswith(prefix) and k.endswith(suffix) and k[len(prefix) : -len(suffix)].lstrip("-").isdigit()}
+    found = {}
+    for name, value in metrics.items():
+        seed = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+        if seed.lstrip("-").isdigit():
+            found[int(seed)] = value
     if found:
         return {s: math.nan if v is None else float(v) for s, v in found.items()}  # None: non-finite in JSON
     return {None: float(metrics[key])} if metrics.get(key) is not None else {}
