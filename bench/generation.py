@@ -23,9 +23,11 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from cola.model import CoLAForCausalLM
+from cola.params import load_section
+from cola.train.latent import LatentConfig, cola_from_base
 
 SIZES = {
-    # The tiny profile's base (calibration.md §2) with its default CoLA sizes.
+    # The tiny profile's base (calibration.md §2); the CoLA modules around it are params.yaml's `latent.cola`.
     "tiny-1.25M": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                        num_key_value_heads=2),
     # A ~25M-parameter base, for a ratio less dominated by per-step Python overhead.
@@ -33,6 +35,7 @@ SIZES = {
                      num_key_value_heads=4),
 }
 VOCAB = 1024
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def matmul_params(module: torch.nn.Module) -> int:
@@ -61,9 +64,7 @@ def bench_size(name: str, batch: int, new_tokens: int, prompt_len: int, repeats:
     config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=1024, tie_word_embeddings=False,
                          pad_token_id=0, eos_token_id=1, bos_token_id=1, **SIZES[name])
     base = AutoModelForCausalLM.from_config(config).eval()
-    d = config.hidden_size
-    cola = CoLAForCausalLM.from_base(base, num_actions=64, n_idm_layers=2, n_policy_layers=2,
-                                     merge_intermediate_size=4 * d).eval()
+    cola = cola_from_base(base, load_section(LatentConfig, "latent", ROOT / "params.yaml").cola).eval()
     ideal, flops = flop_ideal(cola)
     ids = torch.randint(2, VOCAB, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)

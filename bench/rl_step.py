@@ -4,7 +4,7 @@ All three run on the tiny default base (calibration.md §2: Llama d128, 4 layers
 vocab 1024, untied, random weights) at equal work per step: P prompts × G samples × N new tokens (16 × 8 × 12
 by default), prompts from the arith task encoded as `EOS prompt`, the math reward, β = 1e-3, one PPO epoch.
 
-* cola   -- `cola.rl.grpo.GRPOTrainer` with `LatentActionPolicy` (K=64, 2 policy blocks, merge 4d): actions
+* cola   -- `cola.rl.grpo.GRPOTrainer` with `LatentActionPolicy` (module sizes of params.yaml's `latent.cola`): actions
             sampled top-40, greedy world-model tokens, only the policy (0.50 M) trains; the update re-uses the
             rollout's base states, so it runs only the policy (twice: reference, then with grad).
 * token  -- the same trainer with `TokenPolicy`: sampled tokens, the whole base (1.25 M) trains.
@@ -60,9 +60,10 @@ sys.path.insert(0, str(ROOT))
 
 from cola.base.tiny import TinyBaseConfig, tiny_llama_config  # noqa: E402
 from cola.base.tokenizer import train_tokenizer  # noqa: E402
-from cola.model import CoLAForCausalLM  # noqa: E402
+from cola.params import load_section  # noqa: E402
 from cola.rl.grpo import GRPOConfig, GRPOTrainer, build_policy  # noqa: E402
 from cola.rl.rewards import math_reward, reward_for  # noqa: E402
+from cola.train.latent import LatentConfig, cola_from_base  # noqa: E402
 
 METHODS = ("cola", "token", "trl")
 
@@ -98,9 +99,7 @@ def build(seed: int = 0):
     base = LlamaForCausalLM(tiny_llama_config(TinyBaseConfig(), tokenizer)).eval()
     with torch.no_grad():
         base.lm_head.weight[tokenizer.eos_token_id].zero_()  # logit 0: never the argmax, rarely sampled
-    d = base.config.hidden_size
-    cola = CoLAForCausalLM.from_base(copy.deepcopy(base), num_actions=64, n_idm_layers=2, n_policy_layers=2,
-                                     merge_intermediate_size=4 * d).eval()
+    cola = cola_from_base(copy.deepcopy(base), load_section(LatentConfig, "latent", ROOT / "params.yaml").cola).eval()
     return tokenizer, base, cola, prompts
 
 

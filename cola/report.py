@@ -213,10 +213,11 @@ def _threshold_times(m: Mapping[str, Any], key: str) -> dict[int | None, float |
     return out
 
 
-def time_to_threshold_ratio(cola: Mapping[str, Any], token: Mapping[str, Any], unit: str) -> Estimate:
+def time_to_threshold_ratio(cola: Mapping[str, Any], token: Mapping[str, Any], unit: str,
+                            spread_kind: str = "sd") -> Estimate:
     """CoLA's time to the reward threshold over token-RL's, in ``seconds`` or ``step``, paired by seed.
 
-    Seeds where both learned their way to it give ratios (mean ± sd over seeds). When there are none but in
+    Seeds where both learned their way to it give ratios (mean ± `spread_kind` over seeds). When there are none but in
     some seed one method got there and the other never did, a bound from that time over the other's whole run
     (steps or train seconds). A seed whose start model was already above the threshold measured nothing.
     """
@@ -225,7 +226,7 @@ def time_to_threshold_ratio(cola: Mapping[str, Any], token: Mapping[str, Any], u
     pairs = [(a[s], b[s]) for s in a.keys() & b.keys()]
     ratios = [x / y for x, y in pairs if not isinstance(x, str) and not isinstance(y, str) and y > 0]
     if ratios:
-        return Estimate(sum(ratios) / len(ratios), spread(ratios), len(ratios))
+        return Estimate(sum(ratios) / len(ratios), spread(ratios, spread_kind), len(ratios))
     a_total, b_total = _float(cola.get(total_key)), _float(token.get(total_key))
     upper = [x for x, y in pairs if not isinstance(x, str) and y == "never"]
     lower = [y for x, y in pairs if x == "never" and not isinstance(y, str)]
@@ -382,7 +383,7 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
     body = []
     for task in RL_TASKS:
         cola, token = rl_metrics.get(f"cola-{task}", {}), rl_metrics.get(f"token-{task}", {})
-        seconds, steps = time_to_threshold_ratio(cola, token, "seconds"), time_to_threshold_ratio(cola, token, "step")
+        seconds, steps = (time_to_threshold_ratio(cola, token, unit, spread_kind) for unit in ("seconds", "step"))
         body.append([task, _num(cola.get("reward_threshold") or token.get("reward_threshold"), 2),
                      threshold_cell(cola), threshold_cell(token), seconds.fmt(1, 2), steps.fmt(1, 2)])
         for name, est in (("seconds", seconds), ("steps", steps)):

@@ -224,3 +224,19 @@ def test_profile_validates_then_copies(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert result.exit_code == 0, result.output
     assert Path("params.yaml").read_text() == valid
     assert runner.invoke(app, ["profile"]).stdout.split() == ["broken", "tiny"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_profile_validates_and_names_itself(path: Path) -> None:
+    from cola.pipeline import PROFILES, load_pipeline_params
+
+    params = load_pipeline_params(path)
+    assert params.profile == path.stem and path.stem in PROFILES
+
+
+def test_params_yaml_is_the_tiny_profile() -> None:
+    # The README's main command runs params.yaml; `cola profile tiny` must give back exactly that default.
+    assert (REPO / "params.yaml").read_text() == (REPO / "configs" / "profiles" / "tiny.yaml").read_text()

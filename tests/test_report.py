@@ -220,6 +220,7 @@ def test_time_to_threshold_ratio_pairs_seeds_and_bounds_a_run_that_never_got_the
     est = time_to_threshold_ratio(three, three_token, "seconds")
     assert est.value == pytest.approx(0.5) and est.n_seeds == 2
     assert est.error == pytest.approx(statistics.stdev([0.4, 0.6]))
+    assert time_to_threshold_ratio(three, three_token, "seconds", "range").error == pytest.approx(0.2)
 
 
 def test_the_report_states_the_time_to_threshold_ratio(tmp_path):

@@ -54,12 +54,16 @@ class LatentConfig(OptimConfig):
     threads: int = field(default=2, metadata={"help": "torch CPU threads.", "min": 1})
 
 
-def build_cola(base_dir: Path, module_cfg: CoLAModuleConfig, seed: int) -> CoLAForCausalLM:
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
+def cola_from_base(base, module_cfg: CoLAModuleConfig) -> CoLAForCausalLM:
+    """Wrap a base LM in fresh latent-action modules of the configured sizes (the benchmarks use it too)."""
     values = asdict(module_cfg)
     values["merge_intermediate_size"] = values["merge_intermediate_size"] or None
     return CoLAForCausalLM.from_base(base, **values)
+
+
+def build_cola(base_dir: Path, module_cfg: CoLAModuleConfig, seed: int) -> CoLAForCausalLM:
+    torch.manual_seed(seed)
+    return cola_from_base(AutoModelForCausalLM.from_pretrained(base_dir), module_cfg)
 
 
 def run_latent(cfg: LatentConfig, data_dir: Path, base_dir: Path, out_dir: Path, *,
