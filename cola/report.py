@@ -170,6 +170,16 @@ def metric_difference(a: ModelEval | None, b: ModelEval | None, key: str, spread
     return Estimate(ma.value - mb.value, ma.error, ma.n_seeds)
 
 
+def threshold_label(cola: Mapping[str, Any], token: Mapping[str, Any]) -> str:
+    """The task's threshold as configured: a reward value, or a rise over each run's own start."""
+    value = cola.get("reward_threshold", token.get("reward_threshold"))
+    if not isinstance(value, int | float):
+        return "—"
+    if cola.get("threshold_is_gain", token.get("threshold_is_gain")):
+        return f"start + {value:.2f}"
+    return _num(value, 2)
+
+
 def threshold_cell(m: Mapping[str, Any]) -> str:
     """``step / seconds`` to an RL run's reward threshold (mean over the seeds that learned their way there)."""
     steps = _threshold_times(m, "threshold_step")
@@ -323,14 +333,15 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
     # 2. The RL runs themselves.
     rl_rows = [row for row in table_rows if row.method]
     header = ["run", "start", "reward start → end", "KL end", "entropy end", "response tokens", "s / step",
-              "tokens / s", "steps", "threshold: step / s", "train s"]
+              "tokens / s", "steps", "threshold target", "threshold: step / s", "train s"]
     body = []
     for row in rl_rows:
         m = rl_metrics[row.name]
         body.append([row.label, row.start, f"{_num(m.get('reward_start'))} → {_num(m.get('reward_end'))}",
                      _num(m.get("kl")), _num(m.get("entropy")), _num(m.get("response_length"), 1),
                      _num(m.get("seconds_per_step"), 3), _seconds(m.get("tokens_per_second")),
-                     _seconds(m.get("steps")), threshold_cell(m), _seconds(m.get("train_seconds"))])
+                     _seconds(m.get("steps")), _num(m.get("threshold_target")), threshold_cell(m),
+                     _seconds(m.get("train_seconds"))])
         for key in ("reward_start", "reward_end", "threshold_step", "threshold_seconds", "train_seconds"):
             if m.get(key) is not None:
                 headline[f"{row.name}/{key}"] = m[key]
@@ -339,7 +350,9 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
     md.append("Reward: mean sampled reward over the first and last 20 % of steps. KL, entropy (of the action "
               "or token distribution), response length, s/step and tokens/s: the last logged interval. "
               "Threshold: the first step (and training seconds) at which the 10-step moving average of the "
-              "sampled reward reached the task's `rl.tasks.<task>.reward_threshold`.\n")
+              "sampled reward reached the threshold target: the task's `rl.tasks.<task>.reward_threshold` "
+              "itself (`rl.threshold_kind: absolute`) or that much above the run's first 10-step window "
+              "(`gain`, the default: the two methods start from different models).\n")
 
     # 3. What RL changed, against the model each run started from.
     retention = [t for t in cfg.retention_tasks if t in tasks]
@@ -384,7 +397,7 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
     for task in RL_TASKS:
         cola, token = rl_metrics.get(f"cola-{task}", {}), rl_metrics.get(f"token-{task}", {})
         seconds, steps = (time_to_threshold_ratio(cola, token, unit, spread_kind) for unit in ("seconds", "step"))
-        body.append([task, _num(cola.get("reward_threshold") or token.get("reward_threshold"), 2),
+        body.append([task, threshold_label(cola, token),
                      threshold_cell(cola), threshold_cell(token), seconds.fmt(1, 2), steps.fmt(1, 2)])
         for name, est in (("seconds", seconds), ("steps", steps)):
             headline[f"cola_over_token_threshold_{name}/{task}"] = est.value

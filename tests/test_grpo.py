@@ -227,7 +227,7 @@ def test_grpo_learns_a_toy_reward_deterministically(tokenizer, method: str) -> N
 
 
 def test_stats_and_time_to_threshold(tokenizer) -> None:
-    cfg = config("token", steps=15, reward_threshold=0.5, log_every=5)
+    cfg = config("token", steps=15, reward_threshold=0.5, threshold_kind="absolute", log_every=5)
     trainer = GRPOTrainer(build_policy(tiny_base(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
     logs: list[tuple[int, dict]] = []
     summary = trainer.train(on_log=lambda step, stats: logs.append((step, stats)))
@@ -242,9 +242,25 @@ def test_stats_and_time_to_threshold(tokenizer) -> None:
     assert summary["threshold_at_start"] == float(first == 10) and summary["reward_threshold"] == 0.5
 
     # A threshold the start model already meets is flagged: that run measured no learning speed.
-    low = config("token", steps=10, reward_threshold=-1.0)
+    low = config("token", steps=10, reward_threshold=-1.0, threshold_kind="absolute")
     summary = GRPOTrainer(build_policy(tiny_base(), tokenizer, low), low, PROMPTS, toy_reward).train()
     assert summary["threshold_step"] == 10 and summary["threshold_at_start"] == 1.0
+
+
+def test_gain_threshold_counts_a_rise_over_the_runs_own_start(tokenizer) -> None:
+    cfg = config("token", steps=20, reward_threshold=0.1, threshold_kind="gain")
+    trainer = GRPOTrainer(build_policy(tiny_base(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
+    summary = trainer.train()
+    history = trainer.reward_history
+    start = sum(history[:10]) / 10
+    windows = {i + 1: sum(history[i - 9 : i + 1]) / 10 for i in range(10, len(history))}
+    first = next(step for step, mean in windows.items() if mean >= start + 0.1)  # the toy reward rises fast
+    assert summary["threshold_target"] == pytest.approx(start + 0.1)
+    assert summary["threshold_step"] == first > 10 and summary["threshold_at_start"] == 0.0
+    # Even a zero rise is not "reached at the start": the first window only fixes the start.
+    flat = config("token", steps=10, reward_threshold=0.0, threshold_kind="gain")
+    summary = GRPOTrainer(build_policy(tiny_base(), tokenizer, flat), flat, PROMPTS, toy_reward).train()
+    assert summary["threshold_reached"] == 0.0 and "threshold_step" not in summary
 
 
 def test_kl_in_loss_with_group_advantages_and_several_epochs(tokenizer) -> None:

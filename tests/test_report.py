@@ -233,3 +233,9 @@ def test_the_report_states_the_time_to_threshold_ratio(tmp_path):
     assert "| countdown | 0.20 | 30 / 10 | 120 / 40 | 0.25 | 0.25 |" in section
     assert report.metrics["cola_over_token_threshold_seconds/countdown"] == pytest.approx(0.25)
     assert report.metrics["cola_over_token_threshold_steps/math"] == pytest.approx(1.0)
+    # A gain threshold is a rise over each run's own start; each run's target is in the RL-runs table.
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "threshold_is_gain": 1.0,
+                                   "reward_threshold": 0.03, "threshold_target": 0.19}))
+    report = build_report(tmp_path, ReportConfig())
+    assert "| countdown | start + 0.03 | 30 / 10 | 120 / 40 |" in _section(report.markdown, 5)
+    assert "| 0.190 | 30 / 10 |" in _section(report.markdown, 2)

@@ -90,7 +90,10 @@ class GRPOConfig:
                                                           "(0 = full vocabulary, the spec's baseline).", "min": 0})
     reward_threshold: float | None = field(default=None, metadata={
         "help": f"Record the first step (and wall seconds) at which the {MA_WINDOW}-step moving average of the "
-                "sampled reward reaches this value (time-to-threshold); null disables."})
+                "sampled reward reaches this value (time-to-threshold); null disables. See threshold_kind."})
+    threshold_kind: Literal["gain", "absolute"] = field(default="gain", metadata={
+        "help": f"gain: reward_threshold is a rise over the run's own start (its first {MA_WINDOW}-step "
+                "window), for runs that start from different models; absolute: a reward value."})
     log_every: int = field(default=10, metadata={"help": "Report averaged stats every N steps.", "min": 1})
     seed: int = field(default=0, metadata={"help": "Seed of prompt sampling and rollout sampling."})
 
@@ -157,6 +160,7 @@ class GRPOTrainer:
         self.reward_history: list[float] = []
         self.threshold_step: int | None = None
         self.threshold_seconds: float | None = None
+        self.threshold_target: float | None = None  # the absolute reward time-to-threshold waits for
 
     # ------------------------------------------------------------------------------------------ one step
 
@@ -252,12 +256,18 @@ class GRPOTrainer:
         return out
 
     def _track_threshold(self, reward_mean: float) -> None:
-        """Time-to-threshold: the first step where a *full* window's mean reward reaches the threshold."""
+        """Time-to-threshold: the first step where a *full* window's mean reward reaches the target."""
         self.reward_history.append(reward_mean)
         threshold = self.config.reward_threshold
         if threshold is None or self.threshold_step is not None or len(self.reward_history) < MA_WINDOW:
             return
-        if sum(self.reward_history[-MA_WINDOW:]) / MA_WINDOW >= threshold:
+        window_mean = sum(self.reward_history[-MA_WINDOW:]) / MA_WINDOW
+        if self.threshold_target is None:
+            # The first full window fixes the target; in gain mode it is the start the rise is measured from.
+            self.threshold_target = window_mean + threshold if self.config.threshold_kind == "gain" else threshold
+            if self.config.threshold_kind == "gain":
+                return
+        if window_mean >= self.threshold_target:
             self.threshold_step, self.threshold_seconds = self.step_count, self.elapsed
 
     # ------------------------------------------------------------------------------------------ the loop
@@ -304,6 +314,9 @@ class GRPOTrainer:
             out["reward_end"] = sum(history[-fifth:]) / fifth
         if self.config.reward_threshold is not None:
             out["reward_threshold"] = self.config.reward_threshold  # what threshold_* were measured against
+            out["threshold_is_gain"] = float(self.config.threshold_kind == "gain")
+            if self.threshold_target is not None:
+                out["threshold_target"] = self.threshold_target
             out["threshold_reached"] = float(self.threshold_step is not None)
             if self.threshold_step is not None:
                 out["threshold_step"] = float(self.threshold_step)
@@ -331,7 +344,7 @@ class GRPOTrainer:
         meta = {
             "step": self.step_count, "elapsed": self.elapsed, "reward_history": self.reward_history,
             "threshold_step": self.threshold_step, "threshold_seconds": self.threshold_seconds,
-            "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
+            "threshold_target": self.threshold_target, "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
             "config": asdict(self.config),
         }
         json.dumps(meta)  # fail here, not at write time, if something is not JSON-able
@@ -355,3 +368,4 @@ class GRPOTrainer:
         self.step_count, self.elapsed = int(meta["step"]), float(meta["elapsed"])
         self.reward_history = list(meta["reward_history"])
         self.threshold_step, self.threshold_seconds = meta["threshold_step"], meta["threshold_seconds"]
+        self.threshold_target = meta.get("threshold_target")
