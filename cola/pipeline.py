@@ -26,7 +26,7 @@ from cola.train.bc import BCConfig
 from cola.train.fta import FTAConfig, SFTConfig
 from cola.train.latent import LatentConfig
 
-PROFILES = ("tiny", "tiny-long", "smollm2-135m", "llama-3.1-8b")
+PROFILES = ("tiny", "smollm2-135m", "llama-3.1-8b")
 
 
 @dataclass
@@ -54,7 +54,7 @@ class EvaluateConfig:
 class PipelineParams:
     """All of params.yaml: one section per stage."""
 
-    profile: Literal["tiny", "tiny-long", "smollm2-135m", "llama-3.1-8b"] = field(default="tiny", metadata={
+    profile: Literal["tiny", "smollm2-135m", "llama-3.1-8b"] = field(default="tiny", metadata={
         "help": "Which scale these params are for (recorded on every run); switch with `cola profile NAME`."})
     prepare: PrepareConfig = field(default_factory=PrepareConfig, metadata={"help": "Data preparation."})
     base: BaseConfig = field(default_factory=BaseConfig, metadata={"help": "The base LM."})
