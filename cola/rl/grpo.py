@@ -262,11 +262,11 @@ class GRPOTrainer:
         if threshold is None or self.threshold_step is not None or len(self.reward_history) < MA_WINDOW:
             return
         window_mean = sum(self.reward_history[-MA_WINDOW:]) / MA_WINDOW
+        if self.threshold_target is None and self.config.threshold_kind == "gain":
+            self.threshold_target = window_mean + threshold  # the first full window is the start of the rise
+            return
         if self.threshold_target is None:
-            # The first full window fixes the target; in gain mode it is the start the rise is measured from.
-            self.threshold_target = window_mean + threshold if self.config.threshold_kind == "gain" else threshold
-            if self.config.threshold_kind == "gain":
-                return
+            self.threshold_target = threshold
         if window_mean >= self.threshold_target:
             self.threshold_step, self.threshold_seconds = self.step_count, self.elapsed
 
@@ -344,7 +344,8 @@ class GRPOTrainer:
         meta = {
             "step": self.step_count, "elapsed": self.elapsed, "reward_history": self.reward_history,
             "threshold_step": self.threshold_step, "threshold_seconds": self.threshold_seconds,
-            "threshold_target": self.threshold_target, "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
+            "threshold_target": self.threshold_target,
+            "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
             "config": asdict(self.config),
         }
         json.dumps(meta)  # fail here, not at write time, if something is not JSON-able
