@@ -171,13 +171,13 @@ def metric_difference(a: ModelEval | None, b: ModelEval | None, key: str, spread
 
 
 def threshold_label(cola: Mapping[str, Any], token: Mapping[str, Any]) -> str:
-    """The task's threshold as configured: a reward value, or a rise over each run's own start."""
+    """The task's threshold as configured: a reward value or a rise over each run's own start, and its hold."""
     value = cola.get("reward_threshold", token.get("reward_threshold"))
     if not isinstance(value, int | float):
         return "—"
-    if cola.get("threshold_is_gain", token.get("threshold_is_gain")):
-        return f"start + {value:.2f}"
-    return _num(value, 2)
+    label = f"start + {value:.2f}" if cola.get("threshold_is_gain", token.get("threshold_is_gain")) else _num(value, 2)
+    hold = cola.get("threshold_hold", token.get("threshold_hold"))
+    return f"{label}, held {hold:.0f} steps" if isinstance(hold, int | float) and hold > 0 else label
 
 
 def threshold_cell(m: Mapping[str, Any]) -> str:
@@ -352,7 +352,9 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
               "Threshold: the first step (and training seconds) at which the 10-step moving average of the "
               "sampled reward reached the threshold target: the task's `rl.tasks.<task>.reward_threshold` "
               "itself (`rl.threshold_kind: absolute`) or that much above the run's first 10-step window "
-              "(`gain`, the default: the two methods start from different models).\n")
+              "(`gain`, the default: the two methods start from different models), counted only once the average "
+              "has stayed there `rl.threshold_hold` more steps (a lucky window that falls back is not a "
+              "crossing).\n")
 
     # 3. What RL changed, against the model each run started from.
     retention = [t for t in cfg.retention_tasks if t in tasks]

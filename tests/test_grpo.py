@@ -227,7 +227,7 @@ def test_grpo_learns_a_toy_reward_deterministically(tokenizer, method: str) -> N
 
 
 def test_stats_and_time_to_threshold(tokenizer) -> None:
-    cfg = config("token", steps=15, reward_threshold=0.5, threshold_kind="absolute", log_every=5)
+    cfg = config("token", steps=15, reward_threshold=0.5, threshold_kind="absolute", threshold_hold=0, log_every=5)
     trainer = GRPOTrainer(build_policy(tiny_base(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
     logs: list[tuple[int, dict]] = []
     summary = trainer.train(on_log=lambda step, stats: logs.append((step, stats)))
@@ -242,13 +242,13 @@ def test_stats_and_time_to_threshold(tokenizer) -> None:
     assert summary["threshold_at_start"] == float(first == 10) and summary["reward_threshold"] == 0.5
 
     # A threshold the start model already meets is flagged: that run measured no learning speed.
-    low = config("token", steps=10, reward_threshold=-1.0, threshold_kind="absolute")
+    low = config("token", steps=10, reward_threshold=-1.0, threshold_kind="absolute", threshold_hold=0)
     summary = GRPOTrainer(build_policy(tiny_base(), tokenizer, low), low, PROMPTS, toy_reward).train()
     assert summary["threshold_step"] == 10 and summary["threshold_at_start"] == 1.0
 
 
 def test_gain_threshold_counts_a_rise_over_the_runs_own_start(tokenizer) -> None:
-    cfg = config("token", steps=20, reward_threshold=0.1, threshold_kind="gain")
+    cfg = config("token", steps=20, reward_threshold=0.1, threshold_kind="gain", threshold_hold=0)
     trainer = GRPOTrainer(build_policy(tiny_base(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
     summary = trainer.train()
     history = trainer.reward_history

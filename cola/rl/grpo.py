@@ -32,11 +32,11 @@ from cola.rl.advantages import compute_advantages, groups_with_signal
 from cola.rl.losses import grpo_loss, kl_estimate, masked_mean
 from cola.rl.policies import LatentActionPolicy, Policy, Rollout, TokenPolicy
 from cola.rl.rewards import ExampleReward
+from cola.rl.threshold import MA_WINDOW, ThresholdTracker
 from cola.train.loop import OptimConfig, cosine_with_warmup
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "build_policy"]
 
-MA_WINDOW = 10  # steps in the reward moving average used for time-to-threshold
 
 
 @dataclass
@@ -90,10 +90,15 @@ class GRPOConfig:
                                                           "(0 = full vocabulary, the spec's baseline).", "min": 0})
     reward_threshold: float | None = field(default=None, metadata={
         "help": f"Record the first step (and wall seconds) at which the {MA_WINDOW}-step moving average of the "
-                "sampled reward reaches this value (time-to-threshold); null disables. See threshold_kind."})
+                "sampled reward reaches this value and holds it (time-to-threshold); null disables. See threshold_kind "
+                "and threshold_hold."})
     threshold_kind: Literal["gain", "absolute"] = field(default="gain", metadata={
         "help": f"gain: reward_threshold is a rise over the run's own start (its first {MA_WINDOW}-step "
                 "window), for runs that start from different models; absolute: a reward value."})
+    threshold_hold: int = field(default=MA_WINDOW, metadata={
+        "help": "A crossing counts once the moving average has stayed at or above the target this many further "
+                "steps (one noisy window does not); the crossing's own step is recorded. 0 = first crossing.",
+        "min": 0})
     log_every: int = field(default=10, metadata={"help": "Report averaged stats every N steps.", "min": 1})
     seed: int = field(default=0, metadata={"help": "Seed of prompt sampling and rollout sampling."})
 
@@ -158,9 +163,7 @@ class GRPOTrainer:
         self.step_count = 0
         self.elapsed = 0.0  # wall seconds spent in step(), summed (resumes with the checkpoint)
         self.reward_history: list[float] = []
-        self.threshold_step: int | None = None
-        self.threshold_seconds: float | None = None
-        self.threshold_target: float | None = None  # the absolute reward time-to-threshold waits for
+        self.threshold = ThresholdTracker(config.reward_threshold, config.threshold_kind, config.threshold_hold)
 
     # ------------------------------------------------------------------------------------------ one step
 
@@ -234,7 +237,8 @@ class GRPOTrainer:
         self.step_count += 1
         self.elapsed += end - start
         reward_mean = rewards.mean().item()
-        self._track_threshold(reward_mean)
+        self.reward_history.append(reward_mean)
+        self.threshold.update(self.reward_history, self.step_count, self.elapsed)
         n_tokens = int(mask.sum())
         out = {k: sum(s[k] for s in epoch_stats) / len(epoch_stats) for k in epoch_stats[0]}
         out.update(
@@ -254,21 +258,6 @@ class GRPOTrainer:
         )
         out.setdefault("kl", 0.0)
         return out
-
-    def _track_threshold(self, reward_mean: float) -> None:
-        """Time-to-threshold: the first step where a *full* window's mean reward reaches the target."""
-        self.reward_history.append(reward_mean)
-        threshold = self.config.reward_threshold
-        if threshold is None or self.threshold_step is not None or len(self.reward_history) < MA_WINDOW:
-            return
-        window_mean = sum(self.reward_history[-MA_WINDOW:]) / MA_WINDOW
-        if self.threshold_target is None and self.config.threshold_kind == "gain":
-            self.threshold_target = window_mean + threshold  # the first full window is the start of the rise
-            return
-        if self.threshold_target is None:
-            self.threshold_target = threshold
-        if window_mean >= self.threshold_target:
-            self.threshold_step, self.threshold_seconds = self.step_count, self.elapsed
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -312,18 +301,7 @@ class GRPOTrainer:
         if history:
             out["reward_start"] = sum(history[:fifth]) / fifth
             out["reward_end"] = sum(history[-fifth:]) / fifth
-        if self.config.reward_threshold is not None:
-            out["reward_threshold"] = self.config.reward_threshold  # what threshold_* were measured against
-            out["threshold_is_gain"] = float(self.config.threshold_kind == "gain")
-            if self.threshold_target is not None:
-                out["threshold_target"] = self.threshold_target
-            out["threshold_reached"] = float(self.threshold_step is not None)
-            if self.threshold_step is not None:
-                out["threshold_step"] = float(self.threshold_step)
-                out["threshold_seconds"] = float(self.threshold_seconds)
-                # Reached by the first full window: the start model was already there, so this run's time
-                # to the threshold measures nothing about learning speed.
-                out["threshold_at_start"] = float(self.threshold_step == MA_WINDOW)
+        out.update(self.threshold.summary())
         return out
 
     # ------------------------------------------------------------------------------------------ resuming
@@ -343,8 +321,7 @@ class GRPOTrainer:
         tensors["rng.rollout"] = self.rollout_generator.get_state()
         meta = {
             "step": self.step_count, "elapsed": self.elapsed, "reward_history": self.reward_history,
-            "threshold_step": self.threshold_step, "threshold_seconds": self.threshold_seconds,
-            "threshold_target": self.threshold_target,
+            "threshold": self.threshold.state(),
             "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
             "config": asdict(self.config),
         }
@@ -368,5 +345,4 @@ class GRPOTrainer:
         self.rollout_generator.set_state(tensors["rng.rollout"])
         self.step_count, self.elapsed = int(meta["step"]), float(meta["elapsed"])
         self.reward_history = list(meta["reward_history"])
-        self.threshold_step, self.threshold_seconds = meta["threshold_step"], meta["threshold_seconds"]
-        self.threshold_target = meta.get("threshold_target")
+        self.threshold.load_state(meta["threshold"])

@@ -71,7 +71,7 @@ class RLTaskConfig:
     reward_threshold: float | None = field(default=None, metadata={
         "help": "Time-to-threshold: the first step (and seconds) at which the 10-step moving average of the "
                 "sampled reward rises this much above the run's start (rl.threshold_kind: gain) or reaches "
-                "this value (absolute); null disables."})
+                "this value (absolute), and stays there rl.threshold_hold steps; null disables."})
 
 
 @dataclass
@@ -118,6 +118,7 @@ class RLConfig:
     token_temperature: float = grpo_field("token_temperature")
     token_top_k: int = grpo_field("token_top_k")
     threshold_kind: Literal["gain", "absolute"] = grpo_field("threshold_kind")
+    threshold_hold: int = grpo_field("threshold_hold")
     log_every: int = grpo_field("log_every")
     tasks: RLTasks = field(default_factory=RLTasks, metadata={"help": "Per-task settings (math, countdown)."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={
