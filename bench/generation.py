@@ -20,20 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+from shapes import SIZES  # bench/ is the script's directory, so first on sys.path
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from cola.model import CoLAForCausalLM
 from cola.params import load_section
 from cola.train.latent import LatentConfig, cola_from_base
 
-SIZES = {
-    # The tiny profile's base (calibration.md §2); the CoLA modules around it are params.yaml's `latent.cola`.
-    "tiny-1.25M": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2),
-    # A ~25M-parameter base, for a ratio less dominated by per-step Python overhead.
-    "base-25M": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8,
-                     num_key_value_heads=4),
-}
 VOCAB = 1024
 ROOT = Path(__file__).resolve().parents[1]
 

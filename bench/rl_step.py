@@ -1,8 +1,9 @@
 """Benchmark: one GRPO step, latent actions (CoLA) vs tokens, and our token GRPO vs TRL's `GRPOTrainer`.
 
 All three run on the tiny default base (calibration.md §2: Llama d128, 4 layers, 4 heads / 2 KV, FFN 512,
-vocab 1024, untied, random weights) at equal work per step: P prompts × G samples × N new tokens (16 × 8 × 12
-by default), prompts from the arith task encoded as `EOS prompt`, the math reward, β = 1e-3, one PPO epoch.
+vocab 1024, untied, random weights; `--size base-25M` for d512 × 6 layers) at equal work per step: P prompts ×
+G samples × N new tokens (16 × 8 × 12 by default), prompts from the arith task encoded as `EOS prompt`, the
+math reward, β = 1e-3, one PPO epoch.
 
 * cola   -- `cola.rl.grpo.GRPOTrainer` with `LatentActionPolicy` (module sizes of params.yaml's `latent.cola`): actions
             sampled top-40, greedy world-model tokens, only the policy (0.50 M) trains; the update re-uses the
@@ -58,6 +59,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shapes import SIZES  # noqa: E402  (bench/ is the script's directory, so first on sys.path)
+
 from cola.base.tiny import TinyBaseConfig, tiny_llama_config  # noqa: E402
 from cola.base.tokenizer import train_tokenizer  # noqa: E402
 from cola.params import load_section  # noqa: E402
@@ -66,6 +69,7 @@ from cola.rl.rewards import math_reward, reward_for  # noqa: E402
 from cola.train.latent import LatentConfig, cola_from_base  # noqa: E402
 
 METHODS = ("cola", "token", "trl")
+DEFAULT_SIZE = "tiny-1.25M"
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -89,14 +93,17 @@ def corpus_and_prompts(n_prompts: int = 256) -> tuple[list[str], list[dict[str, 
     return lines, prompts
 
 
-def build(seed: int = 0):
-    """Tokenizer, the tiny base (EOS row of the head zeroed) and a CoLA model around a copy of it."""
+def build(size: str = DEFAULT_SIZE, seed: int = 0):
+    """Tokenizer, a random base of the given shape (EOS row of the head zeroed) and a CoLA model around a copy
+    of it (CoLA module sizes of params.yaml, so the policy has the base's width)."""
     lines, prompts = corpus_and_prompts()
     tokenizer = train_tokenizer(lines, vocab_size=1024)
     torch.manual_seed(seed)
     from transformers import LlamaForCausalLM
 
-    base = LlamaForCausalLM(tiny_llama_config(TinyBaseConfig(), tokenizer)).eval()
+    config = tiny_llama_config(TinyBaseConfig(), tokenizer)
+    config.update(SIZES[size])
+    base = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         base.lm_head.weight[tokenizer.eos_token_id].zero_()  # logit 0: never the argmax, rarely sampled
     cola = cola_from_base(copy.deepcopy(base), load_section(LatentConfig, "latent", ROOT / "params.yaml").cola).eval()
@@ -160,7 +167,7 @@ def time_generation(trainer) -> list[float]:
 
 def run_timing(args) -> dict[str, list[dict[str, float]]]:
     """Alternate cola / token (/ trl) steps in one process; per-step seconds, warm-up steps dropped."""
-    tokenizer, base, cola, prompts = build()
+    tokenizer, base, cola, prompts = build(args.size)
     ours = {"cola": our_trainer("cola", cola, tokenizer, prompts, args),
             "token": our_trainer("token", copy.deepcopy(base), tokenizer, prompts, args)}
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
@@ -237,7 +244,7 @@ def _reset_peak() -> float:
 
 def run_memory(method: str, args) -> dict[str, float]:
     """In this (fresh) process: peak RSS before the first step and after `steps` steps of one method."""
-    tokenizer, base, cola, prompts = build()
+    tokenizer, base, cola, prompts = build(args.size)
     steps = args.memory_steps
     if method in ("cola", "token"):
         trainer = our_trainer(method, cola if method == "cola" else base, tokenizer, prompts, args)
@@ -264,7 +271,7 @@ def run_memory(method: str, args) -> dict[str, float]:
 
 
 def memory_in_subprocess(method: str, args) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--memory-only", method, "--threads", str(args.threads),
+    cmd = [sys.executable, __file__, "--memory-only", method, "--size", args.size, "--threads", str(args.threads),
            "--prompts", str(args.prompts), "--group", str(args.group), "--new-tokens", str(args.new_tokens),
            "--memory-steps", str(args.memory_steps)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
@@ -279,13 +286,13 @@ def matmul_params(module: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
-def flop_reference() -> dict[str, float]:
+def flop_reference(size: str) -> dict[str, float]:
     """Per-position matmul parameters of what each update runs: the policy (stack + head) vs the whole base.
 
     Their ratio is the update-time ratio a FLOP-bound implementation would reach (both score the same
     positions; the LM head runs only at the N response positions, so the true ratio sits a little above).
     """
-    _, base, cola, _ = build()
+    _, base, cola, _ = build(size)
     policy = matmul_params(cola.policy) + cola.policy_head.weight.numel()
     decoder = matmul_params(base.model)
     head = base.lm_head.weight.numel()
@@ -315,8 +322,9 @@ def summarise(rows: dict[str, list[dict[str, float]]], memory: dict[str, dict[st
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\nGRPO step, {result['setup']['prompts']} prompts × G={result['setup']['group']} × "
-          f"{result['setup']['new_tokens']} tokens, {result['setup']['threads']} threads (median seconds)")
+    setup = result["setup"]
+    print(f"\nGRPO step, {setup['size']} base, {setup['prompts']} prompts × G={setup['group']} × "
+          f"{setup['new_tokens']} tokens, {setup['threads']} threads (median seconds)")
     head = f"{'method':<7}{'step':>9}{'generate':>10}{'update':>9}{'ref':>8}{'reward':>8}{'peak RSS':>10}" \
            f"{'Δpeak':>9}"
     print(head + "\n" + "-" * len(head))
@@ -340,6 +348,8 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=tuple(SIZES), default=DEFAULT_SIZE,
+                        help="base shape (bench/shapes.py); the policy is params.yaml's `latent.cola` at its width")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=12)
@@ -351,11 +361,15 @@ def main() -> None:
     parser.add_argument("--no-trl", action="store_true", help="skip TRL (e.g. when trl is not installed)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--memory-only", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/rl_step.json")
+    parser.add_argument("--out", type=Path, help="JSON result (default bench/results/rl_step.json, or "
+                        "rl_step-<size>.json for a non-default --size)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats, args.warmup = 3, 1
+    if args.out is None:
+        suffix = "" if args.size == DEFAULT_SIZE else f"-{args.size}"
+        args.out = ROOT / f"bench/results/rl_step{suffix}.json"
 
     if args.memory_only:
         print(json.dumps(run_memory(args.memory_only, args)))
@@ -370,12 +384,12 @@ def main() -> None:
                     "platform": platform.platform(), "torch": torch.__version__,
                     "trl": None if args.no_trl else importlib.metadata.version("trl"),
                     "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
-        "setup": {"prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens,
+        "setup": {"size": args.size, "prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens,
                   "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
                   "memory": "VmHWM (= ru_maxrss) peak during the steps minus VmRSS after setup + 1 warm-up step, "
                             "mark reset there (malloc_trim + /proc/self/clear_refs); fresh subprocess per method"},
         **summarise(rows, memory),
-        "matmul_params": flop_reference(),
+        "matmul_params": flop_reference(args.size),
         "raw": rows,
     }
     print_table(result)
