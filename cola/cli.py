@@ -551,7 +551,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 keeps it local).")] = "127.0.0.1",
 ) -> None:
-    """Open the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI, else ./mlflow.db)."""
+    """Open the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI, else <repo>/mlflow.db)."""
     with _user_errors():
         argv = ui_command(port, host)
         err.print(f"MLflow UI on http://{host}:{port} (store {argv[argv.index('--backend-store-uri') + 1]})")

@@ -240,3 +240,14 @@ def test_every_shipped_profile_validates_and_names_itself(path: Path) -> None:
 def test_params_yaml_is_the_tiny_profile() -> None:
     # The README's main command runs params.yaml; `cola profile tiny` must give back exactly that default.
     assert (REPO / "params.yaml").read_text() == (REPO / "configs" / "profiles" / "tiny.yaml").read_text()
+
+
+def test_schema_defaults_are_the_default_profile() -> None:
+    # A params file that leaves a key out gets the schema's default; it must be the shipped default's value,
+    # not a stale calibration (bc.steps once said 490 while params.yaml ran 300).
+    from cola.params import flatten
+    from cola.pipeline import PipelineParams, load_pipeline_params
+
+    defaults, shipped = flatten(PipelineParams()), flatten(load_pipeline_params(REPO / "params.yaml"))
+    assert {k: (defaults.get(k), shipped.get(k)) for k in defaults.keys() | shipped.keys()
+            if defaults.get(k) != shipped.get(k)} == {}

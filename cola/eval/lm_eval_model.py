@@ -428,7 +428,7 @@ def make_task_manager(
 ):
     """A `TaskManager` over our task YAMLs (default `EVALS_DIR`) without lm-eval's built-in task index.
 
-    Indexing the ~10k built-in YAMLs costs seconds per call and the cola tasks do not need them; pass
+    Indexing the ~14k built-in YAMLs costs seconds per call and the cola tasks do not need them; pass
     ``include_defaults=True`` to mix in built-in tasks. ``metadata`` reaches the dataset loaders of
     ``evals/utils.py`` (``math500_path``, ``tasks_dir``).
     """

@@ -6,7 +6,7 @@ reward. Per GRPO step the trainer feeds the mean sampled reward; the tracker wat
 
 * ``kind="absolute"``: the target is ``threshold`` itself.
 * ``kind="gain"``: the target is the first full window's mean plus ``threshold``, a rise over the run's own
-  start, for runs that start from different models (README, "Time to the reward threshold").
+  start, for runs that start from different models (README, "Results on the default profile").
 
 A crossing counts only once the moving average has stayed at or above the target for ``hold`` further steps:
 at the tiny scale a window's mean has a standard error near 0.014, so a rise of a few hundredths is often one

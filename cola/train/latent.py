@@ -26,7 +26,8 @@ class CoLAModuleConfig:
 
     num_actions: int = field(default=64, metadata={"help": "K, latent actions [64].", "min": 2})
     n_idm_layers: int = field(default=2, metadata={"help": "IDM decoder blocks [4].", "min": 1})
-    n_policy_layers: int = field(default=2, metadata={"help": "Policy decoder blocks [8].", "min": 1})
+    n_policy_layers: int = field(default=1, metadata={
+        "help": "Policy decoder blocks [8: a quarter of the base's 32].", "min": 1})
     n_merge_blocks: int = field(default=2, metadata={"help": "Residual SwiGLU merge blocks [2].", "min": 1})
     merge_intermediate_size: int = field(default=0, metadata={
         "help": "Merge SwiGLU width; 0 = the base's FFN width [14336].", "min": 0})
