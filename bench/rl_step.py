@@ -165,9 +165,8 @@ def time_generation(trainer) -> list[float]:
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def run_timing(args) -> dict[str, list[dict[str, float]]]:
+def run_timing(args, tokenizer, base, cola, prompts) -> dict[str, list[dict[str, float]]]:
     """Alternate cola / token (/ trl) steps in one process; per-step seconds, warm-up steps dropped."""
-    tokenizer, base, cola, prompts = build(args.size)
     ours = {"cola": our_trainer("cola", cola, tokenizer, prompts, args),
             "token": our_trainer("token", copy.deepcopy(base), tokenizer, prompts, args)}
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
@@ -286,13 +285,12 @@ def matmul_params(module: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
-def flop_reference(size: str) -> dict[str, float]:
+def flop_reference(base: torch.nn.Module, cola: torch.nn.Module) -> dict[str, float]:
     """Per-position matmul parameters of what each update runs: the policy (stack + head) vs the whole base.
 
     Their ratio is the update-time ratio a FLOP-bound implementation would reach (both score the same
     positions; the LM head runs only at the N response positions, so the true ratio sits a little above).
     """
-    _, base, cola, _ = build(size)
     policy = matmul_params(cola.policy) + cola.policy_head.weight.numel()
     decoder = matmul_params(base.model)
     head = base.lm_head.weight.numel()
@@ -377,7 +375,9 @@ def main() -> None:
 
     methods = [m for m in METHODS if not (m == "trl" and args.no_trl)]
     load_at_start = os.getloadavg()  # other processes on this 2-core machine skew absolute times
-    rows = run_timing(args)
+    tokenizer, base, cola, prompts = build(args.size)
+    matmul = flop_reference(base, cola)  # parameter counts: read before training touches the models
+    rows = run_timing(args, tokenizer, base, cola, prompts)
     memory = {} if args.no_memory else {m: memory_in_subprocess(m, args) for m in methods}
     result = {
         "machine": {"cpu_count": os.cpu_count(),
@@ -389,7 +389,7 @@ def main() -> None:
                   "memory": "VmHWM (= ru_maxrss) peak during the steps minus VmRSS after setup + 1 warm-up step, "
                             "mark reset there (malloc_trim + /proc/self/clear_refs); fresh subprocess per method"},
         **summarise(rows, memory),
-        "matmul_params": flop_reference(args.size),
+        "matmul_params": matmul,
         "raw": rows,
     }
     print_table(result)
