@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from cola.config import load_stage_config
 from shapes import SIZES  # bench/ is the script's directory, so first on sys.path
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from cola.model import CoLAForCausalLM
-from cola.params import load_section
-from cola.train.latent import LatentConfig, cola_from_base
+from cola.train.latent import cola_from_base
 
 VOCAB = 1024
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def bench_size(name: str, batch: int, new_tokens: int, prompt_len: int, repeats:
     config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=1024, tie_word_embeddings=False,
                          pad_token_id=0, eos_token_id=1, bos_token_id=1, **SIZES[name])
     base = AutoModelForCausalLM.from_config(config).eval()
-    cola = cola_from_base(base, load_section(LatentConfig, "latent", ROOT / "params.yaml").cola).eval()
+    cola = cola_from_base(base, load_stage_config("latent", ROOT / "params.yaml")[0].cola).eval()
     ideal, flops = flop_ideal(cola)
     ids = torch.randint(2, VOCAB, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)

@@ -61,12 +61,12 @@ sys.path.insert(0, str(ROOT))
 
 from shapes import SIZES  # noqa: E402  (bench/ is the script's directory, so first on sys.path)
 
-from cola.base.tiny import TinyBaseConfig, tiny_llama_config  # noqa: E402
+from cola.base.tiny import tiny_llama_config  # noqa: E402
 from cola.base.tokenizer import train_tokenizer  # noqa: E402
-from cola.params import load_section  # noqa: E402
-from cola.rl.grpo import GRPOConfig, GRPOTrainer, build_policy  # noqa: E402
-from cola.rl.rewards import math_reward, reward_for  # noqa: E402
-from cola.train.latent import LatentConfig, cola_from_base  # noqa: E402
+from cola.config import RLConfig, TinyBaseConfig, load_stage_config  # noqa: E402
+from cola.rl.grpo import GRPOTrainer, build_policy  # noqa: E402
+from cola.tasks import TASKS  # noqa: E402
+from cola.train.latent import cola_from_base  # noqa: E402
 
 METHODS = ("cola", "token", "trl")
 DEFAULT_SIZE = "tiny-1.25M"
@@ -78,7 +78,7 @@ DEFAULT_SIZE = "tiny-1.25M"
 def corpus_and_prompts(n_prompts: int = 256) -> tuple[list[str], list[dict[str, Any]]]:
     """Tokenizer corpus and arith prompts: the pipeline's tasks when reasoning-gym is installed, else a stand-in."""
     try:
-        from cola.data.tasks import make_examples
+        from cola.tasks.procedural import make_examples
 
         lines = [e["text"] for t in ("arith", "wordprob", "countdown", "spell", "wrev")
                  for e in make_examples(t, 400, seed=0)]
@@ -106,14 +106,15 @@ def build(size: str = DEFAULT_SIZE, seed: int = 0):
     base = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         base.lm_head.weight[tokenizer.eos_token_id].zero_()  # logit 0: never the argmax, rarely sampled
-    cola = cola_from_base(copy.deepcopy(base), load_section(LatentConfig, "latent", ROOT / "params.yaml").cola).eval()
+    latent, _ = load_stage_config("latent", ROOT / "params.yaml")
+    cola = cola_from_base(copy.deepcopy(base), latent.cola).eval()
     return tokenizer, base, cola, prompts
 
 
 def our_trainer(method: str, model, tokenizer, prompts, args) -> GRPOTrainer:
-    cfg = GRPOConfig(method=method, steps=10_000, prompts_per_step=args.prompts, group_size=args.group,
-                     max_new_tokens=args.new_tokens, lr=1e-4, warmup_steps=0, seed=0)
-    return GRPOTrainer(build_policy(model, tokenizer, cfg), cfg, prompts, reward_for("arith"))
+    cfg = RLConfig(steps=10_000, prompts_per_step=args.prompts, group_size=args.group, lr=1e-4, warmup_steps=0)
+    return GRPOTrainer(build_policy(model, tokenizer, method, cfg), cfg, prompts, TASKS["arith"].reward,
+                       max_new_tokens=args.new_tokens, seed=0)
 
 
 def trl_trainer(base, tokenizer, prompts, args, workdir: Path, steps: int, callbacks=()):
@@ -131,7 +132,7 @@ def trl_trainer(base, tokenizer, prompts, args, workdir: Path, steps: int, callb
                               for p in prompts])
 
     def accuracy(prompts, completions, answer, **kwargs) -> list[float]:
-        return [math_reward(c, a) for c, a in zip(completions, answer, strict=True)]
+        return [TASKS["arith"].reward(c, {"answer": a}) for c, a in zip(completions, answer, strict=True)]
 
     config = TRLConfig(
         output_dir=str(workdir / "trl"), per_device_train_batch_size=args.prompts * args.group,
@@ -175,7 +176,7 @@ def run_timing(args, tokenizer, base, cola, prompts) -> dict[str, list[dict[str,
     def ours_once(index: int) -> None:
         order = ("cola", "token") if index % 2 == 0 else ("token", "cola")
         for method in order:
-            stats = ours[method].step()
+            stats = ours[method].advance()
             if index >= args.warmup:
                 rows[method].append({k: stats[k] for k in (
                     "seconds_per_step", "seconds_generation", "seconds_update", "seconds_reward",
@@ -247,10 +248,10 @@ def run_memory(method: str, args) -> dict[str, float]:
     steps = args.memory_steps
     if method in ("cola", "token"):
         trainer = our_trainer(method, cola if method == "cola" else base, tokenizer, prompts, args)
-        trainer.step()  # warm-up: lazy kernel buffers and the optimizer state exist before the reset
+        trainer.advance()  # warm-up: lazy kernel buffers and the optimizer state exist before the reset
         before = _reset_peak()
         for _ in range(steps):
-            trainer.step()
+            trainer.advance()
     else:
         from transformers import TrainerCallback
 

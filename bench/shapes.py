@@ -1,6 +1,6 @@
 """Base-model shapes the benchmarks run at (LlamaConfig keyword arguments; vocabulary set by each benchmark)."""
 
-from cola.base.tiny import TinyBaseConfig
+from cola.config import TinyBaseConfig
 
 _TINY = TinyBaseConfig()
 

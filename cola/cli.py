@@ -21,9 +21,7 @@ import dataclasses
 import enum
 import fnmatch
 import io
-import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -35,7 +33,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cola.errors import ColaError
+from cola.errors import ColaError, user_errors
+from cola.io import atomic_write_json
 
 app = typer.Typer(
     name="cola",
@@ -50,24 +49,6 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 class CliError(ColaError):
     """A command line that cannot run as given."""
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Report user errors as one `error: ...` line on stderr with exit code 2, like `cola.params.cli_main`."""
-    try:
-        yield
-    except ColaError as exc:
-        message = str(exc)
-    except FileNotFoundError as exc:
-        message = f"{exc.filename}: file not found" if exc.filename else str(exc)
-    except KeyboardInterrupt:
-        err.print("error: interrupted")
-        raise typer.Exit(130) from None
-    else:
-        return
-    typer.echo("error: " + " ".join(message.split()), err=True)
-    raise typer.Exit(2)
 
 
 def _load(model: Path, threads: int | None):
@@ -88,17 +69,8 @@ def _load(model: Path, threads: int | None):
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename) so a reader never sees half a results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, ensure_ascii=False, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically so a reader never sees half a results file."""
+    atomic_write_json(path, data, indent=1, ensure_ascii=False, default=str)
 
 
 def _fmt(value: Any) -> str:
@@ -119,15 +91,15 @@ class ActionMode(enum.StrEnum):
 
 
 def run_task(name: str, ctx) -> dict[str, Any]:
-    """Dispatch one evaluation by name (see `cola.eval.harness.run_task` and its `RUNNERS` registry)."""
-    from cola.eval.harness import run_task as harness_run_task
+    """Dispatch one evaluation by name (see `cola.eval.runner.run_task` and its `RUNNERS` registry)."""
+    from cola.eval.runner import run_task as runner_run_task
 
-    return harness_run_task(name, ctx)
+    return runner_run_task(name, ctx)
 
 
 def _summary_rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(task, metric, value) rows for the summary table: accuracy ± stderr first, then the other numbers."""
-    from cola.eval.harness import headline_metrics
+    from cola.eval.context import headline_metrics
 
     metrics = headline_metrics(result)
     rows = []
@@ -184,7 +156,7 @@ def _eval_run(
 
 def _log_eval(run: Any, results: dict[str, dict[str, Any]], payload: dict[str, Any]) -> None:
     """Headline numbers (`task/metric`) as final metrics and the whole results JSON as an artifact."""
-    from cola.eval.harness import headline_metrics
+    from cola.eval.context import headline_metrics
 
     metrics: dict[str, float] = {}
     for name, result in results.items():
@@ -273,8 +245,9 @@ def eval_command(
     ] = True,
 ) -> None:
     """Evaluate a model folder on tasks; print a summary table and optionally write JSON results."""
-    with _user_errors():
-        from cola.eval.harness import EvalContext, check_tasks
+    with user_errors():
+        from cola.eval.context import EvalContext
+        from cola.eval.runner import check_tasks
 
         # Names are checked before loading the model (a typo fails in milliseconds), then again with the
         # model's kind (a plain base cannot run the probe), always before any task runs.
@@ -384,14 +357,14 @@ def generate(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.", min=1)] = None,
 ) -> None:
     """Continue PROMPT with a model folder; print the text and the latent action sequence."""
-    with _user_errors():
+    with user_errors():
         mode = _action_mode(action, random_actions, greedy_actions)
         loaded, tokenizer, kind = _load(model, threads)
         if kind == "cola" and action is not None and action >= loaded.config.num_actions:
             raise CliError(
                 f"--action {action} is out of range: {model} has {loaded.config.num_actions} actions"
             )
-        from cola.eval.harness import generate_texts
+        from cola.eval.generate import generate_texts
 
         record = generate_texts(
             loaded,
@@ -508,7 +481,7 @@ def compare(
     ] = False,
 ) -> None:
     """Compare the last N pipeline executions logged to MLflow: differing params and headline metrics."""
-    with _user_errors():
+    with user_errors():
         from cola.tracking import recent_pipeline_runs, tracking_uri
 
         runs = recent_pipeline_runs(n)
@@ -552,7 +525,7 @@ def ui(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 keeps it local).")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI, else <repo>/mlflow.db)."""
-    with _user_errors():
+    with user_errors():
         argv = ui_command(port, host)
         err.print(f"MLflow UI on http://{host}:{port} (store {argv[argv.index('--backend-store-uri') + 1]})")
         sys.stdout.flush()
@@ -566,45 +539,30 @@ def ui(
 # --------------------------------------------------------------------------------------------- profile
 
 
-def available_profiles(folder: Path) -> list[str]:
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-
-
 @app.command()
 def profile(
     name: Annotated[
         str | None,
         typer.Argument(
-            help="Profile name, e.g. tiny, smollm2-135m, llama-3.1-8b; omit to list them.", show_default=False
+            help="Profile name, e.g. tiny, smoke, smollm2-135m, llama-3.1-8b; omit to list them.", show_default=False
         ),
     ] = None,
-    profiles_dir: Annotated[Path, typer.Option(help="Folder of profile files.")] = Path("configs/profiles"),
-    params: Annotated[Path, typer.Option(help="The params file to replace.")] = Path("params.yaml"),
+    profiles_dir: Annotated[Path, typer.Option(help="Folder of profile override files.")] = Path("configs/profiles"),
+    params: Annotated[Path, typer.Option(help="The params file to write.")] = Path("params.yaml"),
 ) -> None:
-    """Switch params.yaml to a scale profile: copy configs/profiles/NAME.yaml over it after validating it."""
-    with _user_errors():
-        names = available_profiles(profiles_dir)
+    """Switch params.yaml to a scale profile: the defaults with configs/profiles/NAME.yaml's overrides on top."""
+    from cola.config.profiles import available_profiles, write_profile
+
+    with user_errors():
         if name is None:
+            names = available_profiles(profiles_dir)
             for item in names:
                 out.print(item)
             if not names:
                 err.print(f"no profiles in {profiles_dir}")
             return
-        source = profiles_dir / f"{name}.yaml"
-        if not source.is_file():
-            raise CliError(f"unknown profile {name!r}: no {source}; available: {', '.join(names) or 'none'}")
-        _validate_params_file(source)
-        tmp = params.with_name(f".{params.name}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, params)  # atomic: params.yaml is never half-written
-        out.print(f"{params} <- {source} (profile {name}); run `dvc repro` to apply it")
-
-
-def _validate_params_file(path: Path) -> None:
-    """The whole params schema of the pipeline (one-line ParamsError naming the bad key)."""
-    from cola.pipeline import load_pipeline_params
-
-    load_pipeline_params(path)
+        write_profile(name, profiles_dir, params)  # validated first, then atomic: a bad profile changes nothing
+        out.print(f"{params} <- defaults + {profiles_dir / (name + '.yaml')} (profile {name}); run `dvc repro`")
 
 
 def main() -> None:  # pragma: no cover - `python -m cola.cli`

@@ -60,8 +60,8 @@ class Row:
 
     @property
     def folder(self) -> Path:
-        """The model folder, relative to the repository root."""
-        return Path("models") / ("rl" if self.method else "") / self.name
+        """The model folder, relative to the models folder (``models/`` in dvc.yaml)."""
+        return Path("rl") / self.name if self.method else Path(self.name)
 
     @property
     def split(self) -> str | None:

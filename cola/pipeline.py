@@ -1,110 +1,104 @@
-"""The pipeline's params schema and the shared start-up of every DVC stage.
+"""The shape every DVC stage shares: paths from its `cmd`, params validated first, one tracking run.
 
-Every stage validates the *whole* params.yaml before any work, so an unknown key or a bad value anywhere stops
-the stage with one line naming it, and nothing on disk changes.
+A stage script (`stages/<name>.py`) is short and reads top to bottom::
+
+    def main(stage: StageContext) -> None:
+        from cola.train.bc import run_bc          # heavy imports after the params are validated
+        result = run_bc(stage.cfg, stage.args.corpus, ...)    # one library call
+        stage.finish(result, figures={"loss": stage.args.loss_plot})
+
+    if __name__ == "__main__":
+        run_stage("bc", main, paths=["corpus", "latent", "out", "checkpoints", "loss_plot", "metrics"])
+
+`run_stage` parses the paths dvc.yaml's `cmd` gives it (``--corpus data/corpus ...``: the stage contract lives
+in dvc.yaml, the example-get-started habit), validates the *whole* params.yaml (a bad key anywhere stops any
+stage with one line, in well under a second, before torch or MLflow is imported, and nothing on disk changes),
+opens the stage's MLflow run (`cola.tracking.StageRun`), calls `main`, and writes the metrics file on success.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from cola.data.prepare import PrepareConfig
-from cola.errors import ParamsError
-from cola.params import flatten, from_dict, load_params
-from cola.report import ReportConfig
-from cola.rl.evaluation import RLEvalConfig
-from cola.rl.stage import RLConfig
-from cola.tracking import StageRun
-from cola.train.base_lm import BaseConfig
-from cola.train.bc import BCConfig
-from cola.train.fta import FTAConfig, SFTConfig
-from cola.train.latent import LatentConfig
-
-PROFILES = ("tiny", "smollm2-135m", "llama-3.1-8b")
+from cola.config import PipelineParams, flatten, load_stage_config
+from cola.errors import cli_main
+from cola.io import atomic_write_json
+from cola.results import StageResult
 
 
 @dataclass
-class EvaluateConfig:
-    """Held-out evaluation of the base and the CoLA-BC model."""
+class StageContext:
+    """What a stage's `main` gets: its params section, its paths and options (`args`), its tracking run."""
 
-    tasks: list[str] = field(default_factory=lambda: ["arith", "wordprob", "countdown", "spell", "wrev"],
-                             metadata={"help": "Task test splits to score (greedy decoding)."})
-    limit: int = field(default=0, metadata={"help": "Problems per task; 0 = the whole test split.", "min": 0})
-    max_new_tokens: int = field(default=48, metadata={"help": "Generation budget per answer.", "min": 1})
-    batch_size: int = field(default=128, metadata={"help": "Prompts per generation batch.", "min": 1})
-    perplexity_tokens: int = field(default=8192, metadata={"help": "Held-out tokens for perplexity and the "
-                                                           "policy-marginal loss (K passes each).", "min": 128})
-    diversity_prefixes: int = field(default=32, metadata={"help": "N held-out prefixes for semantic diversity.",
-                                                           "min": 1})
-    diversity_samples: int = field(default=8, metadata={"help": "M continuations per prefix.", "min": 2})
-    diversity_length: int = field(default=24, metadata={"help": "Tokens per continuation.", "min": 1})
-    probe_prefixes: int = field(default=32, metadata={"help": "Prefixes for the action-following probe.",
-                                                      "min": 1})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads.", "min": 1})
+    name: str
+    cfg: Any
+    params: PipelineParams
+    args: argparse.Namespace
+    run: Any  # cola.tracking.StageRun
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
+    def on_log(self, step: int, metrics: dict[str, Any]) -> None:
+        """Step metrics from a trainer: to the tracking run (and `history`)."""
+        self.history.append((step, dict(metrics)))
+        self.run.log_metrics(metrics, step)
 
-@dataclass
-class PipelineParams:
-    """All of params.yaml: one section per stage."""
+    def finish(self, result: StageResult, figures: Mapping[str, Path] | None = None,
+               records: Mapping[str, Path] | None = None) -> None:
+        """Save each named figure / record to its DVC path and log everything to the run; metrics last."""
+        from cola.plots import plt
 
-    profile: Literal["tiny", "smollm2-135m", "llama-3.1-8b"] = field(default="tiny", metadata={
-        "help": "Which scale these params are for (recorded on every run); switch with `cola profile NAME`."})
-    prepare: PrepareConfig = field(default_factory=PrepareConfig, metadata={"help": "Data preparation."})
-    base: BaseConfig = field(default_factory=BaseConfig, metadata={"help": "The base LM."})
-    latent: LatentConfig = field(default_factory=LatentConfig, metadata={"help": "Latent-action pretraining."})
-    bc: BCConfig = field(default_factory=BCConfig, metadata={"help": "Behaviour cloning."})
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "Evaluation."})
-    fta: FTAConfig = field(default_factory=FTAConfig, metadata={
-        "help": "Fine-tuning under action guidance of the BC model (CoLA RL starts from it)."})
-    sft: SFTConfig = field(default_factory=SFTConfig, metadata={
-        "help": "Supervised fine-tuning of the base on the same data and budget (token RL starts from it)."})
-    rl: RLConfig = field(default_factory=RLConfig, metadata={
-        "help": "GRPO, shared by every rl@<method>-<task> entry (latent-action and token-level)."})
-    rl_eval: RLEvalConfig = field(default_factory=RLEvalConfig, metadata={
-        "help": "Evaluation of every model of the RL comparison (rl_eval@<model>)."})
-    report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "The comparison report."})
+        for name, path in (figures or {}).items():
+            self.run.log_figure(result.figures[name], f"plots/{Path(path).name}", save_to=path)
+            plt.close(result.figures[name])
+        for name, path in (records or {}).items():
+            atomic_write_json(path, result.records[name])
+            self.run.log_artifact(path, "records")
+        for path in result.artifacts:
+            self.run.log_artifact(path)
+        for path in result.outputs:
+            self.run.log_output(path)
+        self.run.summary(result.metrics)
 
 
-def load_pipeline_params(path: str | Path = "params.yaml") -> PipelineParams:
-    data = load_params(path)
-    return from_dict(PipelineParams, data, where="", source=str(path))
+def stage_parser(name: str, paths: Sequence[str], choices: Mapping[str, Sequence[str]]) -> argparse.ArgumentParser:
+    """``--<path> PATH`` for every path (all required: dvc.yaml's cmd gives them) plus the choice options."""
+    parser = argparse.ArgumentParser(prog=f"stages/{name}.py", description=f"DVC stage {name} (see dvc.yaml).")
+    for option, values in choices.items():
+        parser.add_argument(f"--{option.replace('_', '-')}", required=True, choices=list(values))
+    for path in paths:
+        parser.add_argument(f"--{path.replace('_', '-')}", required=True, type=Path, metavar="PATH")
+    return parser
 
 
-@contextmanager
-def stage(name: str, params_path: str | Path | None = None, *, key: str | None = None,
-          tags: Mapping[str, Any] | None = None) -> Iterator[tuple[Any, StageRun]]:
-    """Validate params.yaml, then open the stage's MLflow run; yields (its config, run).
+def run_stage(name: str, main: Callable[[StageContext], None], *, paths: Sequence[str],
+              choices: Mapping[str, Sequence[str]] | None = None, argv: Sequence[str] | None = None) -> None:
+    """Run stage `name`: parse its paths (``metrics`` among them), validate params, track, call `main`.
 
-    `run.on_log(step, metrics)` logs step metrics and keeps them in `run.history` for plots. The params file
-    is `params.yaml` unless `COLA_PARAMS` names another (used by tests to try bad params without touching it).
-    `key` is the entry of a foreach stage (``rl@cola-math`` has name ``rl``, key ``cola-math``): the section
-    is still `name`, the MLflow run is ``name@key`` and the metrics go to ``metrics/<name>/<key>.json``.
+    A stage with `choices` (the ``rl@<method>-<task>`` entries) is tracked as ``name@<values joined by ->``
+    with each choice as a tag. User errors exit with one ``error:`` line and code 2 (`cola.errors.cli_main`).
     """
-    params_path = params_path or os.environ.get("COLA_PARAMS", "params.yaml")
-    params = load_pipeline_params(params_path)
-    cfg = getattr(params, name)
-    if cfg is None:
-        raise ParamsError(f"{params_path}: section {name} is missing")
-    history: list[tuple[int, dict[str, float]]] = []
-    run_name = f"{name}@{key}" if key else name
-    metrics_path = f"metrics/{name}/{key}.json" if key else f"metrics/{name}.json"
-    with StageRun(run_name, params=flatten(cfg, prefix=name), profile=params.profile,
-                  metrics_path=metrics_path, tags=tags) as run:
-        def on_log(step: int, metrics: dict[str, Any]) -> None:
-            history.append((step, dict(metrics)))
-            run.log_metrics(metrics, step)
+    cli_main(_run, name, main, paths, choices or {}, argv)
 
-        run.on_log = on_log
-        run.history = history
+
+def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
+         choices: Mapping[str, Sequence[str]], argv: Sequence[str] | None) -> None:
+    args = stage_parser(name, [*paths], choices).parse_args(argv)
+    cfg, params = load_stage_config(name)
+    from cola.tracking import StageRun  # after validation: MLflow's import costs seconds
+
+    key = "-".join(getattr(args, option) for option in choices)
+    run_name = f"{name}@{key}" if key else name
+    tags = {option: getattr(args, option) for option in choices}
+    with StageRun(run_name, params=flatten(cfg, prefix=name), profile=params.profile,
+                  metrics_path=getattr(args, "metrics", None), tags=tags) as run:
         start = time.perf_counter()
-        yield cfg, run
+        main(StageContext(name, cfg, params, args, run))
         timing = {"stage_seconds": time.perf_counter() - start}
         age = process_seconds()
         if age is not None:

@@ -22,29 +22,20 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cola.comparison import RL_TASKS, SPREADS, Row, rows, seed_values, spread, values_by_seed
+from cola.config import ReportConfig
 from cola.plots import plt
+from cola.results import StageResult
 
-__all__ = ["ReportConfig", "build_report", "paired_difference"]
+__all__ = ["ReportConfig", "build_report", "paired_difference", "run_report"]
 
 PIPELINE_STAGES = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft")
-
-
-@dataclass
-class ReportConfig:
-    """The ``report`` section."""
-
-    retention_tasks: list[str] = field(default_factory=lambda: ["spell", "wrev"], metadata={
-        "help": "Tasks no stage fine-tunes or RLs on: their accuracy change is the capability retention."})
-    seed_spread: Literal["sd", "se", "range"] = field(default="sd", metadata={
-        "help": "Spread shown beside means over several RL seeds: sample sd, sd/√n, or max − min."})
-    smooth: int = field(default=3, metadata={
-        "help": "Moving-average window (in logged points) of the RL curves in the plots; 1 = raw.", "min": 1})
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -274,20 +265,24 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) and math.isfinite(value) else "—"
 
 
-def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> Report:
-    """Read the pipeline's outputs under `root` and render the report (no file is written here)."""
-    root = Path(root)
+def build_report(cfg: ReportConfig, *, evals_dir: Path, rl_metrics_dir: Path, rl_curves_dir: Path,
+                 stage_metrics_dir: Path, profile: str = "") -> Report:
+    """Read the pipeline's outputs and render the report (no file is written here).
+
+    `evals_dir/<model>/` is what rl_eval wrote, `rl_metrics_dir/<run>.json` and `rl_curves_dir/<run>.json` what
+    each RL run wrote, `stage_metrics_dir/<stage>.json` every other stage's metrics (its wall-clock).
+    """
     spread_kind = cfg.seed_spread
     if spread_kind not in SPREADS:
         raise ValueError(f"seed_spread must be one of {SPREADS}")
     table_rows = rows()
-    evals = {row.name: load_eval(root / "eval_rl" / row.name) for row in table_rows}
-    rl_metrics = {row.name: _read_json(root / "metrics" / "rl" / f"{row.name}.json") or {}
+    evals = {row.name: load_eval(evals_dir / row.name) for row in table_rows}
+    rl_metrics = {row.name: _read_json(rl_metrics_dir / f"{row.name}.json") or {}
                   for row in table_rows if row.method}
-    curves = {row.name: _read_json(root / "plots" / "rl" / f"{row.name}.json") or []
+    curves = {row.name: _read_json(rl_curves_dir / f"{row.name}.json") or []
               for row in table_rows if row.method}
-    missing = [f"eval_rl/{name}" for name, ev in evals.items() if ev is None]
-    missing += [f"metrics/rl/{name}.json" for name, m in rl_metrics.items() if not m]
+    missing = [str(evals_dir / name) for name, ev in evals.items() if ev is None]
+    missing += [str(rl_metrics_dir / f"{name}.json") for name, m in rl_metrics.items() if not m]
 
     present = [ev for ev in evals.values() if ev is not None]
     tasks = list(dict.fromkeys(k[: -len("_acc")] for ev in present for k in ev.metrics
@@ -412,9 +407,9 @@ def build_report(root: str | Path, cfg: ReportConfig, *, profile: str = "") -> R
               "CoLA reached it, so the ratio is below CoLA's time over token-RL's whole run; `> x`: the reverse.\n")
 
     # 6. Wall-clock: each stage's own work, and its whole process (imports and MLflow set-up included).
-    files = [(name, root / "metrics" / f"{name}.json") for name in PIPELINE_STAGES]
-    files += [(f"rl@{row.name}", root / "metrics" / "rl" / f"{row.name}.json") for row in rl_rows]
-    files += [("rl_eval", root / "metrics" / "rl_eval.json")]
+    files = [(name, stage_metrics_dir / f"{name}.json") for name in PIPELINE_STAGES]
+    files += [(f"rl@{row.name}", rl_metrics_dir / f"{row.name}.json") for row in rl_rows]
+    files += [("rl_eval", stage_metrics_dir / "rl_eval.json")]
     body, totals = [], [0.0, 0.0]
     for name, path in files:
         m = _read_json(path) or {}
@@ -517,3 +512,16 @@ def _delta_figure(rl_rows: list[Row], evals: Mapping[str, ModelEval | None], ret
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def run_report(cfg: ReportConfig, out_dir: Path, *, profile: str = "", **inputs: Path) -> StageResult:
+    """The `report` stage: `build_report` from `inputs`, its markdown written to ``out_dir/report.md``; the
+    figures come back named by their file in `out_dir` (``accuracy.png``, ...) for the stage to save."""
+    report = build_report(cfg, profile=profile, **inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from cola.io import atomic_write_text
+
+    atomic_write_text(out_dir / "report.md", report.markdown)
+    if report.missing:
+        print(f"warning: the report is incomplete: {', '.join(report.missing)} not found", file=sys.stderr)
+    return StageResult(report.metrics, report.figures, artifacts=[out_dir / "report.md"])

@@ -22,21 +22,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import logging
 import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cola.config.validation import flatten
 from cola.errors import TrackingError
-from cola.params import flatten
+from cola.io import atomic_write_json
 
 __all__ = [
     "StageRun",
@@ -229,19 +228,7 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     for key, value in metrics.items():
         num = _number(key, value)
         data[key] = num if math.isfinite(num) else None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; metrics are ordinary repo files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(path, data, indent=2, allow_nan=False)
 
 
 def _clean_key(key: str) -> str:

@@ -1,10 +1,10 @@
 """Dataset loaders and scorers for the cola lm-eval tasks in this folder (see README.md).
 
 lm-eval imports this file when it resolves the ``!function utils.…`` tags of a task YAML. Scoring uses the
-project's own graders: `cola.eval.math_grader` (last ``\\boxed{}``, normalisation, math-verify) for MATH-500
-and the math tasks, an exact string match of the boxed answer for the retention tasks, and
-`cola.eval.countdown` for Countdown — the same checks as the RL rewards, so train-time reward and eval-time
-metric agree.
+project's task objects (`cola.tasks`): MATH-500 and the math tasks by the math grader (last ``\\boxed{}``,
+normalisation, math-verify), the retention tasks by an exact string match of the boxed answer, Countdown by its
+expression check and its think/answer format — the very functions of the RL rewards and of `cola eval`, so
+train-time reward and eval-time metric agree.
 
 Local data files are found without editing a YAML, in this order:
 
@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import datasets
+from cola.tasks import MATH500, TASKS
 
 # Importing the model module registers `--model cola` with lm-eval. lm-eval resolves a task YAML's functions
 # before it builds the model when the task is given as a YAML *path* (`lm_eval run --tasks evals/x.yaml`), so
 # this import is what makes `--model cola` work with the stock `lm_eval` command (see README.md).
 import cola.eval.lm_eval_model  # noqa: F401
-from cola.eval.countdown import check_countdown, parse_answer_tag
-from cola.eval.math_grader import extract_boxed, grade
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TASKS_DIR = REPO_ROOT / "data" / "tasks" / "test"
@@ -78,33 +76,16 @@ def _response(results: list[str]) -> str:
 
 def process_math(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
     """MATH-500 and the procedural math tasks: the last boxed answer, graded against ``doc["answer"]``."""
-    return {"exact_match": int(grade(_response(results), str(doc["answer"])))}
-
-
-# The rules below are the ones of `cola.eval.harness.score` / `format_ok` (the pipeline's own evaluation loop),
-# so `cola eval` and these lm-eval tasks report the same numbers for the same completions.
+    return {"exact_match": int(MATH500.score(doc, _response(results)))}
 
 
 def process_exact_boxed(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
-    """Retention tasks (spell, wrev): the last boxed answer must equal the reference string (ends stripped).
-
-    Not the math grader's equivalence: it would compare ``cat`` and ``act`` (or ``a, b`` and ``b, a``) as
-    SymPy products / sets of symbols and call them equal.
-    """
-    pred = extract_boxed(_response(results))
-    return {"exact_match": int(pred is not None and pred.strip() == str(doc["answer"]).strip())}
-
-
-_THINK_ANSWER = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.DOTALL)
+    """Retention tasks (spell, wrev): the last boxed answer must equal the reference string (ends stripped)."""
+    return {"exact_match": int(TASKS[doc["task"]].score(doc, _response(results)))}
 
 
 def process_countdown(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
-    """Countdown: the last ``<answer>`` expression must use the numbers once each and make the target.
-
-    ``format`` scores the "enhanced thinking" format alone: the whole response is ``<think>…</think>
-    <answer>…</answer>`` (the quantity the paper's format reward targets).
-    """
-    text = _response(results)
-    expression = parse_answer_tag(text)
-    solved = expression is not None and check_countdown(expression, list(doc["numbers"]), int(doc["target"]))
-    return {"exact_match": int(solved), "format": int(_THINK_ANSWER.fullmatch(text) is not None)}
+    """Countdown: the last ``<answer>`` expression must use the numbers once each and make the target;
+    ``format``: the whole response is ``<think>…</think> <answer>…</answer>`` (what the format reward checks)."""
+    task, text = TASKS["countdown"], _response(results)
+    return {"exact_match": int(task.score(doc, text)), "format": int(task.format_ok(text))}

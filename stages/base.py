@@ -1,22 +1,15 @@
 """DVC stage `base`: the base LM folder (tiny from scratch, or an imported pretrained model)."""
 
-from pathlib import Path
-
-from cola import plots
-from cola.params import cli_main
-from cola.pipeline import stage
-from cola.train.base_lm import run_base
+from cola.pipeline import StageContext, run_stage
 
 
-def main() -> None:
-    with stage("base") as (cfg, run):
-        metrics = run_base(cfg, Path("data"), Path("models/base"), checkpoint_dir=Path("checkpoints/base"),
-                           on_log=run.on_log)
-        run.log_figure(plots.curves(run.history, ["loss"], "base LM pretraining"), "plots/base_loss.png",
-                       save_to="plots/base_loss.png")
-        run.log_output("models/base")
-        run.summary(metrics)
+def main(stage: StageContext) -> None:
+    from cola.train.base_lm import run_base
+
+    args = stage.args
+    result = run_base(stage.cfg, args.corpus, args.out, checkpoint_dir=args.checkpoints, on_log=stage.on_log)
+    stage.finish(result, figures={"loss": args.loss_plot})
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    run_stage("base", main, paths=["corpus", "out", "checkpoints", "loss_plot", "metrics"])

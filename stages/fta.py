@@ -1,14 +1,16 @@
-"""DVC stage `fta` (spec stage 3): fine-tune the BC model's base under action guidance (FTA-P, or FTA-I)."""
+"""DVC stage `fta` (spec stage 3): fine-tune the BC model's base under action guidance (FTA-P or FTA-I)."""
 
-from cola.params import cli_main
-from cola.pipeline import stage
-from cola.train.finetune_stage import run_finetune_stage
+from cola.pipeline import StageContext, run_stage
 
 
-def main() -> None:
-    with stage("fta") as (cfg, run):
-        run_finetune_stage("fta", cfg, run)
+def main(stage: StageContext) -> None:
+    from cola.train.finetune_stage import run_finetune_stage
+
+    args = stage.args
+    result = run_finetune_stage(stage.cfg, args.tasks, args.start, args.out, checkpoint_dir=args.checkpoints,
+                                on_log=stage.on_log)
+    stage.finish(result, figures={"loss": args.loss_plot})
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    run_stage("fta", main, paths=["tasks", "start", "out", "checkpoints", "loss_plot", "metrics"])

@@ -1,18 +1,13 @@
 """DVC stage `prepare`: procedural task splits and the pretraining corpus, offline and deterministic."""
 
-from pathlib import Path
-
-from cola.data.prepare import prepare
-from cola.params import cli_main
-from cola.pipeline import stage
+from cola.pipeline import StageContext, run_stage
 
 
-def main() -> None:
-    with stage("prepare") as (cfg, run):
-        summary = prepare(cfg, Path("data"))
-        run.summary({f"{task}_{split}": count for task, splits in summary["tasks"].items()
-                     for split, count in splits.items() if split in ("train", "val", "test")})
+def main(stage: StageContext) -> None:
+    from cola.data.prepare import prepare_stage
+
+    stage.finish(prepare_stage(stage.cfg, stage.args.out))
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    run_stage("prepare", main, paths=["out", "metrics"])

@@ -1,34 +1,18 @@
 """DVC stage `rl@<method>-<task>` (spec stage 4): GRPO of CoLA's latent-action policy or of token RL."""
 
-import argparse
-import json
-from pathlib import Path
-
-from cola.comparison import METHODS, RL_TASKS, aggregate
-from cola.params import cli_main
-from cola.pipeline import stage
-from cola.plots import plt
-from cola.rl.stage import curve_records, plot_curves, run_rl
+from cola.comparison import METHODS, RL_TASKS
+from cola.pipeline import StageContext, run_stage
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--task", required=True, choices=list(RL_TASKS))
-    args = parser.parse_args()
-    key = f"{args.method}-{args.task}"
-    with stage("rl", key=key, tags={"method": args.method, "task": args.task}) as (cfg, run):
-        results = run_rl(cfg, args.method, args.task, out_dir=Path("models/rl") / key,
-                         checkpoint_dir=Path("checkpoints/rl") / key, on_log=run.on_log)
-        curves = Path("plots/rl") / f"{key}.json"
-        curves.parent.mkdir(parents=True, exist_ok=True)
-        curves.write_text(json.dumps(curve_records(results)))
-        figure = plot_curves(results, f"GRPO {key}")
-        run.log_figure(figure, f"plots/rl/{key}.png", save_to=Path("plots/rl") / f"{key}.png")
-        plt.close(figure)
-        run.log_output(Path("models/rl") / key)
-        run.summary(aggregate({r.seed: r.summary for r in results}))
+def main(stage: StageContext) -> None:
+    from cola.rl.stage import run_rl
+
+    args = stage.args
+    result = run_rl(stage.cfg, args.method, args.task, tasks_dir=args.tasks, start_dir=args.start,
+                    out_dir=args.out, checkpoint_dir=args.checkpoints, on_log=stage.on_log)
+    stage.finish(result, figures={"curves": args.curves_plot}, records={"curves": args.curves})
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    run_stage("rl", main, choices={"method": METHODS, "task": list(RL_TASKS)},
+              paths=["tasks", "start", "out", "checkpoints", "curves", "curves_plot", "metrics"])

@@ -1,14 +1,16 @@
 """DVC stage `sft`: plain supervised fine-tuning of the base on FTA's data and budget (token RL's start)."""
 
-from cola.params import cli_main
-from cola.pipeline import stage
-from cola.train.finetune_stage import run_finetune_stage
+from cola.pipeline import StageContext, run_stage
 
 
-def main() -> None:
-    with stage("sft") as (cfg, run):
-        run_finetune_stage("sft", cfg, run)
+def main(stage: StageContext) -> None:
+    from cola.train.finetune_stage import run_finetune_stage
+
+    args = stage.args
+    result = run_finetune_stage(stage.cfg, args.tasks, args.start, args.out, checkpoint_dir=args.checkpoints,
+                                on_log=stage.on_log)
+    stage.finish(result, figures={"loss": args.loss_plot})
 
 
 if __name__ == "__main__":
-    cli_main(main)
+    run_stage("sft", main, paths=["tasks", "start", "out", "checkpoints", "loss_plot", "metrics"])

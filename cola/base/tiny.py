@@ -7,30 +7,12 @@ vocabulary 1024 reaches val loss 0.83 in about 6 minutes; models above ~2M param
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from cola.base.tokenizer import train_tokenizer
-from cola.io import atomic_dir
-
-
-@dataclass
-class TinyBaseConfig:
-    """Shape of the tiny Llama trained from scratch in the `tiny` profile."""
-
-    vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size (incl. <pad>, <eos>).",
-                                                    "min": 260})
-    hidden_size: int = field(default=128, metadata={"help": "Model width d.", "min": 8})
-    num_layers: int = field(default=4, metadata={"help": "Decoder blocks.", "min": 1})
-    num_heads: int = field(default=4, metadata={"help": "Attention heads.", "min": 1})
-    num_kv_heads: int = field(default=2, metadata={"help": "Key/value heads (grouped-query attention).",
-                                                   "min": 1})
-    intermediate_size: int = field(default=512, metadata={"help": "SwiGLU width.", "min": 1})
-    max_position_embeddings: int = field(default=1024, metadata={"help": "Longest sequence (RoPE).",
-                                                                 "min": 16})
+from cola.config import TinyBaseConfig
 
 
 def tiny_llama_config(cfg: TinyBaseConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
@@ -50,11 +32,3 @@ def build_tiny_base(
     tokenizer = train_tokenizer(corpus, vocab_size=cfg.vocab_size, model_max_length=cfg.max_position_embeddings)
     torch.manual_seed(seed)
     return LlamaForCausalLM(tiny_llama_config(cfg, tokenizer)), tokenizer
-
-
-def save_hf_folder(model, tokenizer, out_dir: Path) -> Path:
-    """Save model (safetensors) + tokenizer as a plain HF folder, atomically (temp folder, then rename)."""
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return Path(out_dir)

@@ -10,7 +10,7 @@ construction. ``val`` and ``test`` hold unique problems (keys); ``train`` keeps 
 
 Outputs of :func:`prepare` (all UTF-8, ``\\n`` line ends):
 
-- ``tasks/{train,val,test}/{task}.jsonl``: one example dict per line (see :mod:`cola.data.tasks`),
+- ``tasks/{train,val,test}/{task}.jsonl``: one example dict per line (see :mod:`cola.tasks.procedural`),
 - ``corpus/{train,val}.txt``: the ``text`` of every train (val) example of every task, shuffled, one per line,
 - ``summary.json``: counts per task and split, corpus sizes, and the config.
 """
@@ -20,60 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cola.data.tasks import TASKS, holdout_key, iter_examples
+from cola.config import PrepareConfig
 from cola.io import atomic_dir
+from cola.results import StageResult
+from cola.tasks.procedural import holdout_key, iter_examples
 
 SPLITS = ("train", "val", "test")
 STALL = 10_000  # give up on a task after this many scanned examples that added nothing to any split
-
-# About 4 M tokens of corpus with the 1024-token BPE (calibration.md §1), dominated by the RL target and the
-# two retention tasks whose copy skills need many examples to emerge. Countdown is the slowest generator
-# (sympy, ~0.8 ms per item), so it gets fewer examples.
-DEFAULT_N_TRAIN = {"arith": 60_000, "wordprob": 25_000, "countdown": 12_000, "spell": 40_000, "wrev": 40_000}
-TINY_N_TRAIN = {"arith": 200, "wordprob": 100, "countdown": 60, "spell": 100, "wrev": 100}
-
-
-@dataclass
-class PrepareConfig:
-    """Sizes and seed of the procedural data (``params.yaml`` section ``prepare``)."""
-
-    seed: int = field(
-        default=0, metadata={"help": "Seed of the generators, the held-out hash and the shuffle."}
-    )
-    n_train: dict[str, int] = field(
-        default_factory=lambda: dict(DEFAULT_N_TRAIN),
-        metadata={"help": "Train examples per task (duplicates allowed); its keys are the tasks to build."},
-    )
-    n_val: int = field(
-        default=450,
-        metadata={"help": "Unique validation questions per task; their texts form the validation corpus."},
-    )
-    n_test: int = field(
-        default=700,
-        metadata={
-            "help": "Unique test questions per task (>= 650 keeps the standard error of an accuracy < 2 points)."
-        },
-    )
-    test_fraction: float = field(
-        default=0.12, metadata={"help": "Share of each task's question space (by hash) reserved for test."}
-    )
-    val_fraction: float = field(
-        default=0.08,
-        metadata={"help": "Share of each task's question space (by hash) reserved for validation."},
-    )
-    max_scan_factor: int = field(
-        default=5,
-        metadata={"help": "Give up after scanning this many times the requested examples (+10k) of a task."},
-    )
-
-    @classmethod
-    def tiny(cls, seed: int = 0) -> PrepareConfig:
-        """A config that builds in about a second, for tests and smoke runs."""
-        return cls(seed=seed, n_train=dict(TINY_N_TRAIN), n_val=20, n_test=30)
 
 
 def holdout_u(key: str, task: str, seed: int) -> float:
@@ -149,9 +106,6 @@ def prepare(cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
     The same ``cfg`` gives byte-identical files. Everything is written into a temporary sibling directory that
     replaces ``out_dir`` only once complete, so a failure never leaves a half-written ``out_dir``.
     """
-    unknown = sorted(set(cfg.n_train) - set(TASKS))
-    if unknown:
-        raise ValueError(f"unknown tasks in n_train: {unknown}; known: {sorted(TASKS)}")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         summary = _build(cfg, tmp)
@@ -181,3 +135,11 @@ def _build(cfg: PrepareConfig, root: Path) -> dict[str, Any]:
     summary = {"tasks": tasks_summary, "corpus": corpus_summary, "config": asdict(cfg)}
     (root / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
+
+
+def prepare_stage(cfg: PrepareConfig, out_dir: Path) -> StageResult:
+    """The `prepare` stage: :func:`prepare`, with the example count of every task and split as its metrics."""
+    summary = prepare(cfg, out_dir)
+    counts = {f"{task}_{split}": count for task, splits in summary["tasks"].items()
+              for split, count in splits.items() if split in SPLITS}
+    return StageResult(counts, outputs=[out_dir])

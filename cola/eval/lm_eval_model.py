@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from cola.model.checkpoint import CheckpointError, is_cola_folder, load_model_and_tokenizer
 from cola.model.generation import ActionMode
-from cola.model.modeling_cola import left_padded_positions
+from cola.model.inputs import left_pad, left_padded_positions
 
 logger = logging.getLogger(__name__)
 
@@ -227,14 +227,7 @@ class ColaLM(TemplateLM):
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            if row:
-                ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
-                mask[i, length - len(row):] = 1
-        return ids.to(self._device), mask.to(self._device)
+        return left_pad(rows, self.pad_token_id, self._device)
 
     # ----- log-likelihoods -------------------------------------------------------------------------------------
 

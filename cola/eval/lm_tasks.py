@@ -1,6 +1,6 @@
 """lm-eval-shaped tasks in `cola eval`: MATH-500 and every `cola_*` task of `evals/`, run through lm-eval.
 
-Registered in `cola.eval.harness.RUNNERS` (the dispatch point of `cola eval`), so
+Listed by :func:`task_names` for `cola.eval.runner`'s registry (the dispatch point of `cola eval`), so
 
     cola eval models/rl --task math500                        # hub HuggingFaceH4/MATH-500 (cola_math500)
     cola eval models/rl --task math500_local --math500-path /abs/test.jsonl --limit 50
@@ -37,14 +37,14 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cola.eval import harness
-from cola.eval.harness import EvalContext, EvalError
+from cola.eval.context import EvalContext, EvalError
+from cola.eval.scoring import describe_sampling, score_samples
 
 logger = logging.getLogger(__name__)
 
@@ -224,23 +224,16 @@ def _pipeline_hflm_class() -> type:
             left_truncate_len: int | None = None,
             truncation: bool = False,
         ):
-            import torch
+            from cola.model.inputs import left_pad, pad_token_id
 
             eos = self.tokenizer.eos_token_id
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
             rows = []
             for text in strings:
                 ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
                 if ids[:1] != [eos]:
                     ids = [eos, *ids]
                 rows.append(ids[-left_truncate_len:] if left_truncate_len else ids)
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):  # left padding, as HFLM's generation expects
-                ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-                mask[i, width - len(row) :] = 1
-            return ids, mask
+            return left_pad(rows, pad_token_id(self.tokenizer))  # left padding, as HFLM's generation expects
 
         def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
             window = self.max_length
@@ -405,7 +398,7 @@ def run_lm_task(name: str, ctx: EvalContext) -> dict[str, Any]:
 
 
 def _run_sampled(lm_name: str, task_manager: Any, ctx: EvalContext) -> dict[str, Any]:
-    """N sampled generations per MATH-500 problem → `harness.score_samples` (pass@k, best-of-n, majority)."""
+    """N sampled generations per MATH-500 problem → `score_samples` (pass@k, best-of-n, majority)."""
     import torch
     from lm_eval.api.instance import Instance
 
@@ -439,38 +432,21 @@ def _run_sampled(lm_name: str, task_manager: Any, ctx: EvalContext) -> dict[str,
         {"prompt": prompt, "problem": doc.get("problem"), "answer": str(task.doc_to_target(doc))}
         for doc, prompt in zip(docs, prompts, strict=True)
     ]
-    out = harness.score_samples("math500", examples, completions)
-    out["sampling"] = harness.describe_sampling(
+    out = score_samples("math500", examples, completions)
+    out["sampling"] = describe_sampling(
         ctx.kind, lm.action_mode if ctx.kind == "cola" else None, SAMPLE_ACTION_TOP_K, SAMPLE_TEMPERATURE,
         gen_kwargs["max_gen_toks"],
     )  # fmt: skip
     return out
 
 
-# --------------------------------------------------------------------------------------------- registration
+# --------------------------------------------------------------------------------------------- names
 
 
-def _runner(name: str) -> Callable[[EvalContext], dict[str, Any]]:
-    def run(ctx: EvalContext) -> dict[str, Any]:
-        return run_lm_task(name, ctx)
-
-    run.__name__ = run.__qualname__ = f"run_{name}"
-    run.__doc__ = f"`cola eval --task {name}` through lm-eval (cola.eval.lm_tasks)."
-    return run
+def task_names() -> list[str]:
+    """Every `cola eval` name this module runs: math500, math500_local and each task or group of `evals/`."""
+    return list(dict.fromkeys([*MATH500_TASKS, *lm_eval_tasks()]))
 
 
-def register() -> list[str]:
-    """Add math500, math500_local and every `cola_*` task of `evals/` to `harness.RUNNERS` (their checks to
-    `harness.PRECHECKS`, their names to `harness.LM_EVAL_TASKS`); names already taken are left alone."""
-    names = [*MATH500_TASKS, *lm_eval_tasks()]
-    for name in names:
-        if name in harness.RUNNERS:
-            continue
-        harness.RUNNERS[name] = _runner(name)
-        harness.PRECHECKS[name] = functools.partial(check, name)
-        harness.LM_EVAL_TASKS.append(name)
-    return names
-
-
-__all__ = ["EVALS_DIR", "MATH500_TASKS", "build_lm", "check", "lm_eval_tasks", "register", "run_lm_task",
-           "summarize_lm_eval"]  # fmt: skip
+__all__ = ["EVALS_DIR", "MATH500_TASKS", "build_lm", "check", "lm_eval_tasks", "run_lm_task",
+           "summarize_lm_eval", "task_names"]  # fmt: skip

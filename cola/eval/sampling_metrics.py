@@ -17,7 +17,7 @@ Definitions (every number is a mean over problems; problem i has n samples of wh
 
 ``majority_vote``
     Self-consistency (maj@n), a best-of-n that needs **no** verifier: the n final answers (the last
-    ``\\boxed{}``, normalised with `cola.eval.math_grader.normalize_answer`) vote, the most frequent one is
+    ``\\boxed{}``, normalised with `cola.tasks.math_grader.normalize_answer`: `Task.vote_key`) vote, the most frequent one is
     the model's answer, and that answer is graded (with the full grader, as every single sample is).
     Samples without a boxed answer abstain; a tie goes to the answer that appeared first among the samples;
     a problem where every sample abstains counts as wrong.
@@ -29,11 +29,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from cola.eval.math_grader import extract_boxed, normalize_answer
-
 __all__ = [
     "majority_index",
-    "math_vote_key",
     "pass_at_k",
     "powers_of_two",
     "sampling_summary",
@@ -59,12 +56,6 @@ def powers_of_two(n: int) -> list[int]:
     if n < 1:
         raise ValueError(f"need n >= 1 samples, got {n}")
     return [1 << i for i in range(n.bit_length()) if 1 << i <= n]
-
-
-def math_vote_key(completion: str) -> str | None:
-    """One math completion's vote: its last boxed answer, normalised; None (abstain) when nothing is boxed."""
-    boxed = extract_boxed(completion)
-    return None if boxed is None else normalize_answer(boxed)
 
 
 def majority_index(keys: Sequence[str | None]) -> int | None:

@@ -3,12 +3,12 @@
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from cola.model.configuration_cola import CoLAConfig
-from cola.model.generation import LatentGeneration, generate_latent
+from cola.model.generation import LatentGeneration
 from cola.model.modeling_cola import GROUPS, STAGES, CoLAForCausalLM, CoLAOutput
 
 AutoConfig.register("cola", CoLAConfig, exist_ok=True)
 AutoModelForCausalLM.register(CoLAConfig, CoLAForCausalLM, exist_ok=True)
 
 __all__ = [
-    "GROUPS", "STAGES", "CoLAConfig", "CoLAForCausalLM", "CoLAOutput", "LatentGeneration", "generate_latent",
+    "GROUPS", "STAGES", "CoLAConfig", "CoLAForCausalLM", "CoLAOutput", "LatentGeneration",
 ]

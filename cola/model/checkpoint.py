@@ -1,4 +1,7 @@
-"""Loading CoLA checkpoint folders with checks that name the bad file (design.md §9).
+"""Model folders: writing them atomically, and loading them with checks that name the bad file (design.md §9).
+
+Every model folder the pipeline writes is a Hugging Face folder with its tokenizer (`save_hf_folder`), so one
+path is enough to load it (`load_model_and_tokenizer`).
 
 `transformers` reports a truncated safetensors file as "incomplete metadata" and a shape mismatch as a table
 on stderr; `load_cola` checks the folder first and raises one `CheckpointError` line naming the file and key.
@@ -14,6 +17,7 @@ import torch
 from transformers import AutoConfig
 
 from cola.errors import ColaError
+from cola.io import atomic_dir
 from cola.model.modeling_cola import CoLAForCausalLM
 
 
@@ -115,3 +119,11 @@ def load_model_and_tokenizer(path: str | Path, **kwargs):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer, kind
+
+
+def save_hf_folder(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save model (safetensors) + tokenizer as a plain HF folder, atomically (temp folder, then rename)."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)

@@ -1,9 +1,12 @@
-"""Latent-action decoding (cola-spec.md §4): one latent action per generated token.
+"""Latent-action decoding (cola-spec.md §4), a mixin the model inherits: one latent action per generated token.
 
 At every step the base gives h_t, the policy gives w_t, an action a_t is chosen from w_t (sampled from the
 top-k at a temperature, argmax, forced, or uniformly random), and the world model turns (h_t, a_t) into the
 next token (greedy by default). The base and the policy keep their own KV caches; the merge blocks are
 position-wise and need none. Prompts are left-padded.
+
+`CoLAForCausalLM` inherits `LatentGenerationMixin` (the transformers `GenerationMixin` pattern), so decoding
+needs only the model's public pieces (base_hidden, policy_logits, world_model_logits) and never imports it.
 
 Alignment (cola-spec.md §9 item 1): `actions[:, i]` is the action chosen at sequence position P − 1 + i and it
 produced `sequences[:, P + i]`; `LatentGeneration.actions_by_position()` lays them out on the sequence axis.
@@ -16,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from cola.model.modeling_cola import CoLAForCausalLM, left_padded_positions
+from cola.model.inputs import left_padded_positions
 
 ActionMode = Literal["sample", "greedy", "forced", "random"]
 
@@ -75,104 +78,108 @@ def choose_actions(
     raise ValueError(f"unknown action mode {mode!r}; expected sample, greedy, forced or random")
 
 
-@torch.no_grad()
-def generate_latent(
-    model: CoLAForCausalLM,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    max_new_tokens: int = 32,
-    action_mode: ActionMode = "sample",
-    action_top_k: int | None = 40,
-    action_temperature: float = 1.0,
-    forced_action: int | None = None,
-    token_sampling: bool = False,
-    token_top_k: int | None = None,
-    token_temperature: float = 1.0,
-    eos_token_id: int | list[int] | None = None,
-    pad_token_id: int = 0,
-    use_cache: bool = True,
-    generator: torch.Generator | None = None,
-    return_hidden: bool = False,
-    num_samples: int = 1,
-) -> LatentGeneration:
-    """Decode up to `max_new_tokens` tokens per prompt, one latent action per token.
+class LatentGenerationMixin:
+    """`generate_latent` for a model with `base_hidden`, `policy_logits`, `world_model_logits` and a config
+    with `policy_temperature` (`CoLAForCausalLM`)."""
 
-    Args:
-        input_ids, attention_mask: left-padded prompts (B, P).
-        action_mode: `sample` (top-k + temperature, the RL behaviour policy), `greedy` (argmax),
-            `forced` (always `forced_action`) or `random` (uniform over the K actions).
-        token_sampling: sample the token from the world model instead of taking its argmax (the paper decodes
-            tokens greedily; exploration lives in action space).
-        eos_token_id: a row stops after producing any of these ids.
-        use_cache: KV caches for the base and the policy; `False` recomputes the whole prefix every step (slow,
-            used to test that caching changes nothing).
-        generator: seeds every random choice, so a seeded run is reproducible with or without caches.
-        return_hidden: also return the base states h of every position that chose an action (for RL updates
-            that re-score actions without running the base again).
-        num_samples: continuations per prompt (an RL group): the prompt is encoded once, then its caches are
-            repeated, so row b·num_samples + j of the result is sample j of prompt b.
-    """
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    eos = torch.tensor(
-        [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
-        device=input_ids.device,
-    )
-    batch, prompt_length = input_ids.shape
-    sequences, mask = input_ids, attention_mask.long()
-    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    actions, logprobs, alive, hiddens = [], [], [], []
-    base_cache = policy_cache = None
-    step_ids, step_positions = sequences, left_padded_positions(mask)
+    @torch.no_grad()
+    def generate_latent(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 32,
+        action_mode: ActionMode = "sample",
+        action_top_k: int | None = 40,
+        action_temperature: float = 1.0,
+        forced_action: int | None = None,
+        token_sampling: bool = False,
+        token_top_k: int | None = None,
+        token_temperature: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int = 0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        return_hidden: bool = False,
+        num_samples: int = 1,
+    ) -> LatentGeneration:
+        """Decode up to `max_new_tokens` tokens per prompt, one latent action per token.
 
-    for _ in range(max_new_tokens):
-        if use_cache:
-            h, base_cache = model.base_hidden(step_ids, mask, step_positions, base_cache, use_cache=True)
-            w, policy_cache = model.policy_logits(h, mask, step_positions, policy_cache, use_cache=True)
-        else:
-            positions = left_padded_positions(mask)
-            h, _ = model.base_hidden(sequences, mask, positions)
-            w, _ = model.policy_logits(h, mask, positions)
-        if not actions and num_samples > 1:  # after the prompt pass: one row per sample from here on
-            h, w = h.repeat_interleave(num_samples, 0), w.repeat_interleave(num_samples, 0)
-            sequences, mask, attention_mask, step_positions = (
-                t.repeat_interleave(num_samples, 0) for t in (sequences, mask, attention_mask, step_positions))
-            done = done.repeat_interleave(num_samples)
+        Args:
+            input_ids, attention_mask: left-padded prompts (B, P).
+            action_mode: `sample` (top-k + temperature, the RL behaviour policy), `greedy` (argmax),
+                `forced` (always `forced_action`) or `random` (uniform over the K actions).
+            token_sampling: sample the token from the world model instead of taking its argmax (the paper decodes
+                tokens greedily; exploration lives in action space).
+            eos_token_id: a row stops after producing any of these ids.
+            use_cache: KV caches for the base and the policy; `False` recomputes the whole prefix every step (slow,
+                used to test that caching changes nothing).
+            generator: seeds every random choice, so a seeded run is reproducible with or without caches.
+            return_hidden: also return the base states h of every position that chose an action (for RL updates
+                that re-score actions without running the base again).
+            num_samples: continuations per prompt (an RL group): the prompt is encoded once, then its caches are
+                repeated, so row b·num_samples + j of the result is sample j of prompt b.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        eos = torch.tensor(
+            [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+            device=input_ids.device,
+        )
+        batch, prompt_length = input_ids.shape
+        sequences, mask = input_ids, attention_mask.long()
+        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        actions, logprobs, alive, hiddens = [], [], [], []
+        base_cache = policy_cache = None
+        step_ids, step_positions = sequences, left_padded_positions(mask)
+
+        for _ in range(max_new_tokens):
             if use_cache:
-                base_cache.batch_repeat_interleave(num_samples)
-                policy_cache.batch_repeat_interleave(num_samples)
-        if return_hidden:
-            hiddens.append(h if use_cache or not hiddens else h[:, -1:])
-        h_last, w_last = h[:, -1], w[:, -1]
-        action = choose_actions(w_last, action_mode, action_top_k, action_temperature, forced_action, generator)
-        logp = torch.log_softmax(w_last.float() / model.config.policy_temperature, -1)
-        logp = logp.gather(-1, action[:, None]).squeeze(-1)
-        logits = model.world_model_logits(h_last, action)
-        if token_sampling:
-            token = _top_k_sample(logits, token_top_k, token_temperature, generator)
-        else:
-            token = logits.argmax(-1)
+                h, base_cache = self.base_hidden(step_ids, mask, step_positions, base_cache, use_cache=True)
+                w, policy_cache = self.policy_logits(h, mask, step_positions, policy_cache, use_cache=True)
+            else:
+                positions = left_padded_positions(mask)
+                h, _ = self.base_hidden(sequences, mask, positions)
+                w, _ = self.policy_logits(h, mask, positions)
+            if not actions and num_samples > 1:  # after the prompt pass: one row per sample from here on
+                h, w = h.repeat_interleave(num_samples, 0), w.repeat_interleave(num_samples, 0)
+                sequences, mask, attention_mask, step_positions = (
+                    t.repeat_interleave(num_samples, 0) for t in (sequences, mask, attention_mask, step_positions))
+                done = done.repeat_interleave(num_samples)
+                if use_cache:
+                    base_cache.batch_repeat_interleave(num_samples)
+                    policy_cache.batch_repeat_interleave(num_samples)
+            if return_hidden:
+                hiddens.append(h if use_cache or not hiddens else h[:, -1:])
+            h_last, w_last = h[:, -1], w[:, -1]
+            action = choose_actions(w_last, action_mode, action_top_k, action_temperature, forced_action, generator)
+            logp = torch.log_softmax(w_last.float() / self.config.policy_temperature, -1)
+            logp = logp.gather(-1, action[:, None]).squeeze(-1)
+            logits = self.world_model_logits(h_last, action)
+            if token_sampling:
+                token = _top_k_sample(logits, token_top_k, token_temperature, generator)
+            else:
+                token = logits.argmax(-1)
 
-        alive.append(~done)
-        actions.append(torch.where(done, -1, action))
-        logprobs.append(torch.where(done, 0.0, logp))
-        token = torch.where(done, pad_token_id, token)
-        done = done | torch.isin(token, eos)
+            alive.append(~done)
+            actions.append(torch.where(done, -1, action))
+            logprobs.append(torch.where(done, 0.0, logp))
+            token = torch.where(done, pad_token_id, token)
+            done = done | torch.isin(token, eos)
 
-        sequences = torch.cat([sequences, token[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        step_ids, step_positions = token[:, None], step_positions[:, -1:] + 1
-        if done.all():
-            break
+            sequences = torch.cat([sequences, token[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step_ids, step_positions = token[:, None], step_positions[:, -1:] + 1
+            if done.all():
+                break
 
-    response_mask = torch.stack(alive, 1)
-    return LatentGeneration(
-        sequences=sequences,
-        actions=torch.stack(actions, 1),
-        action_logprobs=torch.stack(logprobs, 1),
-        response_mask=response_mask,
-        prompt_length=prompt_length,
-        attention_mask=torch.cat([attention_mask.long(), response_mask.long()], dim=1),
-        hidden=torch.cat(hiddens, dim=1) if return_hidden else None,
-    )
+        response_mask = torch.stack(alive, 1)
+        return LatentGeneration(
+            sequences=sequences,
+            actions=torch.stack(actions, 1),
+            action_logprobs=torch.stack(logprobs, 1),
+            response_mask=response_mask,
+            prompt_length=prompt_length,
+            attention_mask=torch.cat([attention_mask.long(), response_mask.long()], dim=1),
+            hidden=torch.cat(hiddens, dim=1) if return_hidden else None,
+        )

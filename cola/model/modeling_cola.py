@@ -24,6 +24,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Pretrained
 from transformers.utils import ModelOutput
 
 from cola.model.configuration_cola import CoLAConfig
+from cola.model.generation import LatentGenerationMixin
+from cola.model.inputs import left_padded_positions
 
 # Trainable groups of cola-spec.md §7. `base` is the decoder without its final norm; `head` is N_f + W_lm.
 GROUPS = ("base", "head", "idm", "codebook", "merge", "policy")
@@ -82,11 +84,6 @@ def stack_config(base_config: PretrainedConfig, n_layers: int, init_std: float) 
     return AutoConfig.for_model(model_type, **values)
 
 
-def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token (left padding), as HF `generate` does."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def gumbel_straight_through(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,8 +119,11 @@ class CoLAPreTrainedModel(PreTrainedModel):
         return self.config.init_std or math.sqrt(2.0 / (5.0 * self.config.hidden_size))
 
 
-class CoLAForCausalLM(CoLAPreTrainedModel):
-    """A base causal LM extended with an IDM, a latent-action world model and a latent-action policy."""
+class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
+    """A base causal LM extended with an IDM, a latent-action world model and a latent-action policy.
+
+    Latent-action decoding, `generate_latent(ids, mask, ...)`, comes from `LatentGenerationMixin`.
+    """
 
     def __init__(self, config: CoLAConfig, base: PreTrainedModel | None = None) -> None:
         super().__init__(config)
@@ -305,9 +305,3 @@ class CoLAForCausalLM(CoLAPreTrainedModel):
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
             )
         return CoLAOutput(loss=loss, logits=logits, actions=actions, policy_logits=policy_logits)
-
-    def generate_latent(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """Latent-action decoding; see `cola.model.generation.generate_latent` for the options."""
-        from cola.model.generation import generate_latent
-
-        return generate_latent(self, input_ids, attention_mask, **kwargs)

@@ -29,76 +29,44 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cola.comparison import aggregate, model_variants
+from cola.comparison import aggregate, model_variants, rows
+from cola.config import RLEvalConfig
 from cola.data.corpus import read_lines
-from cola.eval.harness import (
-    default_max_new_tokens,
-    generate_texts,
-    perplexity,
-    read_jsonl,
-    score,
-    task_accuracy,
-)
-from cola.io import atomic_dir
+from cola.eval.context import default_max_new_tokens, read_jsonl
+from cola.eval.generate import generate_texts
+from cola.eval.perplexity import perplexity
+from cola.eval.scoring import task_accuracy
+from cola.io import atomic_dir, file_digest, fingerprint
 from cola.model.checkpoint import load_model_and_tokenizer
-from cola.train.fta import TASK_NAMES
-from cola.train.loop import file_digest, fingerprint
+from cola.results import StageResult
+from cola.tasks import scorer
 
-__all__ = ["RLEvalConfig", "evaluate_folder", "evaluate_model", "flat_metrics", "headline"]
+__all__ = ["evaluate_folder", "evaluate_model", "flat_metrics", "headline", "run_rl_eval"]
 
 # The code whose behaviour decides an evaluation's numbers (part of the reuse fingerprint).
-EVAL_MODULES = ("cola.rl.evaluation", "cola.comparison", "cola.eval.harness", "cola.eval.diversity",
-                "cola.eval.math_grader", "cola.eval.countdown", "cola.model")
-
-
-@dataclass
-class RLEvalConfig:
-    """The ``rl_eval`` section: how every model of the RL comparison is scored."""
-
-    tasks: list[str] = field(default_factory=lambda: ["arith", "wordprob", "countdown", "spell", "wrev"],
-                             metadata={"help": "Test splits scored by greedy accuracy.",
-                                       "choices": list(TASK_NAMES)})
-    limit: int = field(default=300, metadata={
-        "help": "First N test problems per task (0 = all); the standard error is about 2.5 points at n=300.",
-        "min": 0})
-    max_new_tokens: int = field(default=0, metadata={
-        "help": "Generation budget; 0 = per task, the longest reference completion + 8 tokens.", "min": 0})
-    batch_size: int = field(default=128, metadata={"help": "Prompts per generation batch.", "min": 1})
-    perplexity_tokens: int = field(default=4096, metadata={
-        "help": "Held-out tokens for perplexity (a CoLA model costs one world-model pass per action).",
-        "min": 128})
-    diversity_tasks: list[str] = field(default_factory=lambda: ["arith", "countdown"], metadata={
-        "help": "Tasks whose test prompts get sampled solutions for semantic diversity.",
-        "choices": list(TASK_NAMES)})
-    diversity_prompts: int = field(default=16, metadata={"help": "N test prompts per diversity task.",
-                                                         "min": 1})
-    diversity_samples: int = field(default=8, metadata={"help": "M sampled solutions per prompt.", "min": 2})
-    action_top_k: int = field(default=40, metadata={
-        "help": "CoLA sampling: top k of the K action logits (as the RL behaviour policy).", "min": 1})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads.", "min": 1})
+EVAL_MODULES = ("cola.rl.evaluation", "cola.comparison", "cola.eval", "cola.tasks", "cola.model")
 
 
 @torch.inference_mode()
-def evaluate_model(folder: str | Path, cfg: RLEvalConfig, data_dir: str | Path = "data") -> dict[str, Any]:
+def evaluate_model(folder: str | Path, cfg: RLEvalConfig, test_dir: Path, heldout: Path) -> dict[str, Any]:
     """Score one model folder; returns ``{kind, tasks, perplexity, diversity, records, seconds}``.
 
     ``tasks[t]`` has accuracy, stderr, n, format_rate; ``diversity[t]`` has qd, mean_similarity, distinct
     (mean distinct answers of M), sampled_accuracy and a few example groups; ``records[t]`` are the greedy
-    per-problem records of `cola.eval.harness.task_accuracy`.
+    per-problem records of `cola.eval.scoring.task_accuracy`. `test_dir` holds the test split's
+    ``<task>.jsonl``; `heldout` is the held-out text file for perplexity.
     """
     from cola.eval.diversity import semantic_diversity  # loads the sentence embedder on first use
 
     start = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     model, tokenizer, kind = load_model_and_tokenizer(folder)
-    test_dir = Path(data_dir) / "tasks" / "test"
     examples = {task: read_jsonl(test_dir / f"{task}.jsonl")
                 for task in dict.fromkeys([*cfg.tasks, *cfg.diversity_tasks])}
 
@@ -112,7 +80,7 @@ def evaluate_model(folder: str | Path, cfg: RLEvalConfig, data_dir: str | Path =
         result["records"][task] = scored.pop("records")
         result["tasks"][task] = scored
 
-    ppl = perplexity(model, tokenizer, kind, read_lines(Path(data_dir) / "corpus" / "val.txt"),
+    ppl = perplexity(model, tokenizer, kind, read_lines(heldout),
                      max_tokens=cfg.perplexity_tokens)
     ppl.pop("usage_histogram", None)
     result["perplexity"] = ppl
@@ -127,7 +95,7 @@ def evaluate_model(folder: str | Path, cfg: RLEvalConfig, data_dir: str | Path =
         outputs = generate_texts(model, tokenizer, repeated, kind=kind, max_new_tokens=budget(task),
                                  batch_size=cfg.batch_size, seed=cfg.seed, **sampling)
         groups = [[o["completion"] for o in outputs[i * m : (i + 1) * m]] for i in range(len(problems))]
-        correct = [score(task, ex, c) for ex, group in zip(problems, groups, strict=True) for c in group]
+        correct = [scorer(task).score(ex, c) for ex, group in zip(problems, groups, strict=True) for c in group]
         result["diversity"][task] = {
             **semantic_diversity(groups),
             "distinct": sum(len(set(g)) for g in groups) / len(groups),
@@ -174,7 +142,7 @@ def _code_digest() -> str:
 
 
 def evaluate_folder(
-    folder: str | Path, cfg: RLEvalConfig, *, out_dir: str | Path, data_dir: str | Path = "data",
+    folder: str | Path, cfg: RLEvalConfig, *, out_dir: str | Path, test_dir: Path, heldout: Path,
     cache_dir: str | Path | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Evaluate every model in `folder` (each seed of an RL run); write ``out_dir``; return (summary, reused).
@@ -184,9 +152,9 @@ def evaluate_folder(
     ``seed<s>/<task>.jsonl`` for several. With `cache_dir`, a result with the same fingerprint is copied from
     there instead of recomputed, and a new one is stored there first.
     """
-    folder, out_dir, data_dir = Path(folder), Path(out_dir), Path(data_dir)
-    stamp = fingerprint(asdict(cfg), file_digest(folder), file_digest(data_dir / "tasks" / "test"),
-                        file_digest(data_dir / "corpus" / "val.txt"), _code_digest())
+    folder, out_dir = Path(folder), Path(out_dir)
+    stamp = fingerprint(asdict(cfg), file_digest(folder), file_digest(test_dir), file_digest(heldout),
+                        _code_digest())
     target = Path(cache_dir) if cache_dir is not None else out_dir
     stored = target / "summary.json"
     reused = stored.is_file() and json.loads(stored.read_text()).get("fingerprint") == stamp
@@ -195,7 +163,7 @@ def evaluate_folder(
         per_seed, details = {}, {}
         with atomic_dir(target) as tmp:
             for seed, path in variants:
-                result = evaluate_model(path, cfg, data_dir)
+                result = evaluate_model(path, cfg, test_dir, heldout)
                 records_dir = tmp if len(variants) == 1 else tmp / f"seed{seed}"
                 records_dir.mkdir(parents=True, exist_ok=True)
                 for task, records in result.pop("records").items():
@@ -211,3 +179,22 @@ def evaluate_folder(
         shutil.rmtree(out_dir, ignore_errors=True)
         shutil.copytree(target, out_dir)
     return json.loads((out_dir / "summary.json").read_text()), reused
+
+
+def run_rl_eval(cfg: RLEvalConfig, models_dir: Path, test_dir: Path, heldout: Path, out_dir: Path,
+                cache_dir: Path) -> StageResult:
+    """Evaluate every model of the comparison (`cola.comparison.rows`, under `models_dir`) into `out_dir/<row>`.
+
+    A model whose files, the params and the evaluation code are unchanged is not evaluated again: its result is
+    kept under `cache_dir/<row>` (a persistent DVC output), so ``-S rl.lr=...`` re-scores only the RL models.
+    """
+    metrics: dict[str, float] = {}
+    artifacts = []
+    for row in rows():
+        summary, reused = evaluate_folder(models_dir / row.folder, cfg, out_dir=out_dir / row.name,
+                                          test_dir=test_dir, heldout=heldout, cache_dir=cache_dir / row.name)
+        print(f"rl_eval {row.name}: {'unchanged, result reused' if reused else 'evaluated'}")
+        artifacts.append(out_dir / row.name / "summary.json")
+        metrics.update({f"{row.name}/{k}": v for k, v in headline(summary["metrics"]).items()})
+        metrics[f"{row.name}/reused"] = reused
+    return StageResult(metrics, artifacts=artifacts)

@@ -32,8 +32,9 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from cola.eval import harness
-from cola.model.modeling_cola import CoLAForCausalLM, left_padded_positions
+from cola.model import inputs
+from cola.model.inputs import left_padded_positions, pad_token_id
+from cola.model.modeling_cola import CoLAForCausalLM
 
 __all__ = [
     "LatentActionPolicy",
@@ -114,18 +115,11 @@ def encode_prompts(
 ) -> tuple[Tensor, Tensor]:
     """Left-padded ids and mask (B, P) with every prompt repeated ``group_size`` times consecutively.
 
-    The encoding is the evaluation harness's (``EOS prompt``, no other special tokens), so RL optimises
-    exactly the inputs the reported accuracy is measured on. Each distinct prompt is tokenized once.
+    The encoding is the evaluation's (``EOS prompt``, no other special tokens, `cola.model.inputs`), so RL
+    optimises exactly the inputs the reported accuracy is measured on. Each distinct prompt is tokenized once.
     """
-    rows = [ids for ids in harness.encode_prompts(tokenizer, prompts) for _ in range(group_size)]
-    return harness.left_pad(rows, pad_token_id(tokenizer))
-
-
-def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The pad id, falling back to EOS for tokenizers without one (many chat models)."""
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    rows = [ids for ids in inputs.encode_prompts(tokenizer, prompts) for _ in range(group_size)]
+    return inputs.left_pad(rows, pad_token_id(tokenizer))
 
 
 def decode_completions(tokenizer: PreTrainedTokenizerBase, tokens: Tensor, mask: Tensor) -> list[str]:

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["MA_WINDOW", "ThresholdTracker"]
+from cola.config.rl import MA_WINDOW
 
-MA_WINDOW = 10  # steps in the reward moving average used for time-to-threshold
+__all__ = ["MA_WINDOW", "ThresholdTracker"]
 
 
 @dataclass

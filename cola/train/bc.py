@@ -2,49 +2,48 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
-from cola.base.tiny import save_hf_folder
-from cola.data.corpus import token_stream
-from cola.model import CoLAForCausalLM
-from cola.model.checkpoint import load_cola
-from cola.train.loop import LogFn, OptimConfig, TokenStream, file_digest, fingerprint, optim_default, train
+from cola import plots
+from cola.config import BCConfig
+from cola.data.corpus import TokenStream, read_lines, token_stream
+from cola.eval.perplexity import perplexity
+from cola.io import file_digest, fingerprint
+from cola.model.checkpoint import load_cola, save_hf_folder
+from cola.results import StageResult
+from cola.train.core import BatchTrainer, LogFn
 from cola.train.losses import behaviour_cloning_loss
 
 
-@dataclass
-class BCConfig(OptimConfig):
-    """Behaviour cloning of the latent-action policy."""
+def run_bc(cfg: BCConfig, corpus: Path, latent_dir: Path, out_dir: Path, *,
+           checkpoint_dir: Path | None = None, on_log: LogFn | None = None) -> StageResult:
+    """Clone the IDM's argmax actions into the policy; save the CoLA folder (with tokenizer) to `out_dir`.
 
-    # Calibration §4: lr 2e-3, batch 32×128, ~490 steps ≈ 2 minutes for a 2-block policy (top-1 still rising
-    # slowly at the end); the default 1-block policy reaches the top-1 gate in 300.
-    steps: int = optim_default("steps", 300)
-    log_every: int = optim_default("log_every", 20)
-    checkpoint_every: int = optim_default("checkpoint_every", 100)
-    val_tokens: int = field(default=16384, metadata={"help": "Held-out tokens for the diagnostics (the "
-                                                    "policy-marginal loss costs K world-model passes).",
-                                                     "min": 128})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads.", "min": 1})
-
-
-def run_bc(cfg: BCConfig, data_dir: Path, latent_dir: Path, out_dir: Path, *,
-           checkpoint_dir: Path | None = None, on_log: LogFn | None = None) -> CoLAForCausalLM:
-    """Clone the IDM's argmax actions into the policy; save the CoLA folder (with tokenizer) to `out_dir`."""
+    Metrics: BC top-1 and the policy-marginal loss against the base's on held-out text (spec §10 (iii)-(iv)).
+    """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(latent_dir)
     model = load_cola(latent_dir)
     model.set_stage("bc")
-    corpus = data_dir / "corpus" / "train.txt"
-    batches = TokenStream(token_stream(corpus, tokenizer), cfg.batch_size, cfg.seq_len,
-                          seed=cfg.seed)
-    stamp = fingerprint(asdict(cfg), file_digest(corpus), file_digest(latent_dir))
-    train(model, lambda batch, _g: behaviour_cloning_loss(model, batch), batches, cfg,
-          checkpoint_dir=checkpoint_dir, on_log=on_log, description="bc", fingerprint=stamp)
+    train_file = corpus / "train.txt"
+    batches = TokenStream(token_stream(train_file, tokenizer), cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    trainer = BatchTrainer(model, lambda batch, _g: behaviour_cloning_loss(model, batch), batches, cfg,
+                           checkpoint_dir=checkpoint_dir, on_log=on_log, description="bc",
+                           fingerprint=fingerprint(asdict(cfg), file_digest(train_file), file_digest(latent_dir)))
+    trainer.train()
     model.set_stage("frozen")
     save_hf_folder(model, tokenizer, out_dir)
-    return model
+
+    diag = perplexity(model, tokenizer, "cola", read_lines(corpus / "val.txt"), seq_len=cfg.seq_len,
+                      max_tokens=cfg.val_tokens)
+    diag.pop("usage_histogram", None)
+    diag["bc_top1"] = diag.pop("policy_idm_agreement")
+    diag["marginal_over_base"] = diag["wm_loss_policy_marginal"] / diag["base_loss"]
+    diag["train_tokens_per_second"] = trainer.history[-1][1]["tokens_per_second"]
+    figures = {"loss": plots.curves(trainer.history, ["loss", "top1"], "behaviour cloning")}
+    return StageResult(diag, figures, outputs=[out_dir])

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cola.model.modeling_cola import CoLAForCausalLM, gumbel_straight_through, left_padded_positions
+from cola.model.inputs import left_padded_positions
+from cola.model.modeling_cola import CoLAForCausalLM, gumbel_straight_through
 
 
 @dataclass
@@ -40,23 +41,27 @@ def latent_pretraining_loss(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    *,
+    gumbel_temperature: float = 2.0,
+    entropy_coef: float = 1e-3,
 ) -> LossOutput:
     """Stage 1: CE under straight-through Gumbel-max IDM actions plus the entropy bonus.
 
     L = CE(ℓ_t, x_{t+1}) + c · mean_t Σ_k p_{t,k} log p_{t,k}; minimising the second term maximises the entropy
-    of the relaxed probabilities p, the method's only defence against codebook collapse.
+    of the relaxed probabilities p (temperature τ = `gumbel_temperature`, c = `entropy_coef`; the paper's
+    values are the defaults), the method's only defence against codebook collapse.
     """
     positions = _positions(attention_mask)
     with torch.no_grad():
         h, _ = model.base_hidden(input_ids, attention_mask, positions)
     z = model.idm_logits(h, attention_mask, positions)
-    one_hot, probs, index = gumbel_straight_through(z, model.config.gumbel_temperature, generator)
+    one_hot, probs, index = gumbel_straight_through(z, gumbel_temperature, generator)
     logits = model.world_model_logits(h, one_hot)
     ce = next_token_ce(logits, input_ids, attention_mask)
     neg_entropy = (probs * torch.log(probs.clamp_min(1e-20))).sum(-1)
     valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(index, dtype=torch.bool)
     neg_entropy = neg_entropy[valid].mean()
-    loss = ce + model.config.entropy_coef * neg_entropy
+    loss = ce + entropy_coef * neg_entropy
     return LossOutput(loss, {"loss": loss.item(), "wm_ce": ce.item(), "relaxed_entropy": -neg_entropy.item()},
                       index)
 

@@ -25,15 +25,15 @@ import torch
 from cola.errors import ColaError
 
 
-def load_task_examples(data_dir: str | Path, split: str, tasks: Sequence[str]) -> list[dict[str, Any]]:
-    """Examples of `tasks` (in that order, file order within a task) from ``data_dir/tasks/<split>/<task>.jsonl``.
+def load_task_examples(tasks_dir: str | Path, split: str, tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """Examples of `tasks` (in that order, file order within a task) from ``tasks_dir/<split>/<task>.jsonl``.
 
     Raises FileNotFoundError naming the missing file (usually: the `prepare` stage has not run), and ColaError
     for a line that is not a JSON object with string ``prompt`` and ``completion`` fields.
     """
     examples: list[dict[str, Any]] = []
     for task in tasks:
-        path = Path(data_dir) / "tasks" / split / f"{task}.jsonl"
+        path = Path(tasks_dir) / split / f"{task}.jsonl"
         if not path.is_file():
             raise FileNotFoundError(2, "No such file", str(path))
         with path.open(encoding="utf-8") as f:

@@ -1,7 +1,7 @@
-"""Procedural tasks built on reasoning-gym generators.
+"""The procedural tasks, built on reasoning-gym generators: arith, wordprob, countdown, spell, wrev.
 
 Every task is one reasoning-gym dataset, a fixed config and a formatter that rewrites the generator's item into
-a short one-line question/answer pair. Every example is a dict with the keys
+a short one-line question/answer pair; its scoring is its class's (:mod:`cola.tasks.base`). Every example is a dict with the keys
 ``task, question, answer, prompt, completion, text`` (plus task-specific extras), where
 ``prompt = f"Q: {question} A:"`` and ``text = prompt + completion``. ``completion`` is
 ``" \\boxed{answer}"`` for the direct-answer tasks and ``" <think> trace </think> <answer>EXPR</answer>"`` for
@@ -15,31 +15,12 @@ from __future__ import annotations
 
 import ast
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from fractions import Fraction
 from itertools import count, islice
 from typing import Any
 
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task: a reasoning-gym source, its config and a formatter.
-
-    ``formatter`` maps a reasoning-gym item to ``{"question", "answer", "completion"}`` plus optional extras.
-    ``key`` maps an example to its identity for held-out splitting: two questions with the same key are the
-    same problem (e.g. the same countdown numbers in another order) and never land in different splits.
-    """
-
-    name: str
-    source: str
-    config: dict[str, Any]
-    formatter: Callable[[dict[str, Any]], dict[str, Any]]
-    role: str  # "math" (boxed numeric answer), "thinking" (countdown) or "retention" (never used in RL)
-    answer_format: str  # "boxed" or "think"
-    description: str = ""
-    extras: tuple[str, ...] = field(default=())
-    key: Callable[[dict[str, Any]], str] = field(default=lambda ex: ex["question"])
+from cola.tasks.base import BoxedMathTask, CountdownTask, ExactBoxedTask, Task
 
 
 def boxed(answer: str) -> str:
@@ -160,69 +141,44 @@ def _fmt_countdown(item: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- registry
 
-TASKS: dict[str, TaskSpec] = {
-    t.name: t
-    for t in [
-        TaskSpec(
-            "arith",
-            "basic_arithmetic",
-            dict(
-                min_terms=2,
-                max_terms=2,
-                min_digits=1,
-                max_digits=2,
-                operators=("+", "-"),
-                allow_parentheses=False,
-                allow_negation=False,
-            ),
-            _fmt_arith,
-            role="math",
-            answer_format="boxed",
-            description="a + b or a - b with 1-2 digit operands; RL target",
-        ),
-        TaskSpec(
-            "wordprob",
-            "leg_counting",
-            dict(min_animals=1, max_animals=2, min_instances=1, max_instances=4),
-            _fmt_wordprob,
-            key=_wordprob_key,
-            role="math",
-            answer_format="boxed",
-            description="leg counting word problem with 1-2 kinds of animal, 1-4 of each",
-        ),
-        TaskSpec(
-            "countdown",
-            "countdown",
-            # 1..10 and targets <= 50 give only ~2.3 k distinct problems (as number multisets), too few
-            # for 700 unique test problems; 1..20 and <= 100 give well over 10 k.
-            dict(min_numbers=3, max_numbers=3, min_value=1, max_value=20, min_target=1, max_target=100),
-            _fmt_countdown,
-            role="thinking",
-            answer_format="think",
-            description="make a target <= 100 from 3 numbers in 1..20 with + - * /; think trace then expression",
-            extras=("numbers", "target"),
-            key=lambda ex: f"{sorted(ex['numbers'])} -> {ex['target']}",  # number order does not matter
-        ),
-        TaskSpec(
-            "spell",
-            "spell_backward",
-            dict(min_word_len=3, max_word_len=5),
-            _fmt_spell,
-            role="retention",
-            answer_format="boxed",
-            description="spell a 3-5 letter word backward",
-        ),
-        TaskSpec(
-            "wrev",
-            "word_sequence_reversal",
-            dict(min_words=2, max_words=3),
-            _fmt_wrev,
-            role="retention",
-            answer_format="boxed",
-            description="reverse a list of 2-3 words",
-        ),
-    ]
-}
+PROCEDURAL: tuple[Task, ...] = (
+    BoxedMathTask(
+        "arith", "math", "a + b or a - b with 1-2 digit operands; RL target",
+        source="basic_arithmetic",
+        config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2, operators=("+", "-"),
+                    allow_parentheses=False, allow_negation=False),
+        formatter=_fmt_arith,
+    ),
+    BoxedMathTask(
+        "wordprob", "math", "leg counting word problem with 1-2 kinds of animal, 1-4 of each",
+        source="leg_counting",
+        config=dict(min_animals=1, max_animals=2, min_instances=1, max_instances=4),
+        formatter=_fmt_wordprob,
+        key=_wordprob_key,
+    ),
+    CountdownTask(
+        "countdown", "thinking",
+        "make a target <= 100 from 3 numbers in 1..20 with + - * /; think trace then expression",
+        source="countdown",
+        # 1..10 and targets <= 50 give only ~2.3 k distinct problems (as number multisets), too few for 700
+        # unique test problems; 1..20 and <= 100 give well over 10 k.
+        config=dict(min_numbers=3, max_numbers=3, min_value=1, max_value=20, min_target=1, max_target=100),
+        formatter=_fmt_countdown,
+        extras=("numbers", "target"),
+        key=lambda ex: f"{sorted(ex['numbers'])} -> {ex['target']}",  # number order does not matter
+    ),
+    ExactBoxedTask(
+        "spell", "retention", "spell a 3-5 letter word backward",
+        source="spell_backward", config=dict(min_word_len=3, max_word_len=5), formatter=_fmt_spell,
+    ),
+    ExactBoxedTask(
+        "wrev", "retention", "reverse a list of 2-3 words",
+        source="word_sequence_reversal", config=dict(min_words=2, max_words=3), formatter=_fmt_wrev,
+    ),
+)
+
+
+_BY_NAME = {task.name: task for task in PROCEDURAL}
 
 
 def source_seed(task: str, seed: int) -> int:
@@ -236,13 +192,14 @@ def source_seed(task: str, seed: int) -> int:
 
 def holdout_key(ex: dict[str, Any]) -> str:
     """The identity of an example's problem, for held-out splitting (the question for most tasks)."""
-    return TASKS[ex["task"]].key(ex)
+    return _BY_NAME[ex["task"]].key(ex)
 
 
 def format_example(task: str, item: dict[str, Any]) -> dict[str, Any]:
     """Turn one reasoning-gym item into an example dict (key order fixed, so JSONL output is stable)."""
-    f = TASKS[task].formatter(item)
-    prompt = f"Q: {f['question']} A:"
+    spec = _BY_NAME[task]
+    f = spec.formatter(item)
+    prompt = spec.prompt(f["question"])
     ex = {
         "task": task,
         "question": f["question"],
@@ -259,11 +216,11 @@ def format_example(task: str, item: dict[str, Any]) -> dict[str, Any]:
 
 def iter_examples(task: str, seed: int) -> Iterator[dict[str, Any]]:
     """The endless deterministic stream of examples of ``task`` (duplicates included)."""
-    if task not in TASKS:
-        raise KeyError(f"unknown task {task!r}; known: {sorted(TASKS)}")
+    if task not in _BY_NAME:
+        raise KeyError(f"unknown task {task!r}; known: {sorted(_BY_NAME)}")
     import reasoning_gym  # here, not at module level: its 2 s import would otherwise tax every stage
 
-    spec = TASKS[task]
+    spec = _BY_NAME[task]
     # size is only reasoning-gym's virtual length; __getitem__ works for any index.
     ds = reasoning_gym.create_dataset(spec.source, seed=source_seed(task, seed), size=1, **spec.config)
     for i in count():

@@ -7,8 +7,8 @@ any work (design.md §9)::
 
     cfg = load_section(LatentConfig, "latent")      # params.yaml: latent.lr must be > 0 (got -0.001)
 
-:func:`flatten` gives dotted scalar keys for MLflow params, :func:`help_table` feeds docs and the CLI, and
-:func:`cli_main` runs a stage's ``main`` with user errors reported as ``error: ...`` and exit code 2.
+:func:`flatten` gives dotted scalar keys for MLflow params and :func:`help_table` feeds docs and the CLI.
+Pure Python (dataclasses + PyYAML): validating params never imports torch.
 """
 
 from __future__ import annotations
@@ -19,20 +19,18 @@ import enum
 import functools
 import json
 import math
-import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from cola.errors import ColaError, ParamsError
+from cola.errors import ParamsError
 
 __all__ = [
     "ParamsError",
-    "cli_main",
     "flatten",
     "from_dict",
     "help_table",
@@ -437,22 +435,3 @@ def help_table(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
 def missing_help(cls: type) -> list[str]:
     """Dotted names of fields without ``help`` metadata (for a test that every config is documented)."""
     return [name for name, _tp, _default, text in help_table(cls) if not text.strip()]
-
-
-def cli_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a stage's ``fn``; report user errors as one ``error: ...`` line on stderr and exit with code 2.
-
-    User errors are :class:`ColaError` (including :class:`ParamsError`) and ``FileNotFoundError`` (a missing
-    input, usually an upstream stage that has not run). Anything else is a bug and keeps its traceback.
-    """
-    try:
-        return fn(*args, **kwargs)
-    except ColaError as exc:
-        message = str(exc)
-    except FileNotFoundError as exc:
-        message = f"{exc.filename}: file not found" if exc.filename else str(exc)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    print("error: " + " ".join(message.split()), file=sys.stderr)
-    raise SystemExit(2)

@@ -1,0 +1,297 @@
+"""The one training core: every trainer of the pipeline (base, latent, BC, FTA/SFT, GRPO) runs this loop.
+
+`Trainer` owns what all stages share, once: AdamW with one weight-decay rule, linear warmup + cosine decay to a
+floor, gradient clipping, the logging window and its progress bar, and resumable checkpoints (trainable
+weights, optimizer, schedule, random streams, the logged curve; a fingerprint of params and inputs; an atomic
+rename). A trainer supplies its step and what else its state holds, TRL's "override the hook, not the loop":
+
+    training_step()       compute a loss, call `self.optimize(loss)` (once, or once per PPO epoch), return metrics
+    extra_state()         tensors and JSON-able values to checkpoint besides the core's own (data samplers, ...)
+    load_extra_state()    their inverse
+
+`BatchTrainer` is the trainer of the pretraining-style stages: one batch, one loss, one optimizer step. Budgets
+are optimizer steps, so the same params give the same result, and a run killed mid-way resumes from its last
+checkpoint to the same weights and the same logged numbers as an uninterrupted one. Devices and precision go
+through `accelerate`; this is where multi-process training and gradient accumulation belong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from cola.config import OptimConfig
+from cola.io import atomic_dir
+from cola.train.losses import LossOutput
+
+LogFn = Callable[[int, dict[str, float]], None]
+Batch = Any  # a tensor, or a dict / tuple of tensors (ids, attention mask, loss mask)
+
+STATE_FILE, META_FILE = "state.safetensors", "meta.json"
+
+
+def cosine_with_warmup(step: int, cfg: OptimConfig) -> float:
+    """Learning-rate multiplier: linear warmup to 1, then cosine decay to `min_lr_ratio` at `steps`."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; matrices decay, while norms, biases and the action codebook do not (cola-spec.md §2.4)."""
+    decay, no_decay = [], []
+    for name, param in named_params:
+        exempt = param.ndim < 2 or "action_codebook" in name or "norm" in name
+        (no_decay if exempt else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+class Trainer:
+    """Runs ``cfg.steps`` steps of :meth:`training_step` on the model's trainable parameters.
+
+    Args:
+        model: the module whose parameters with ``requires_grad`` train (freeze the rest first).
+        cfg: the stage's params section (any `OptimConfig`).
+        seed: seeds the global RNG at the start of :meth:`train`.
+        checkpoint_dir: where resumable checkpoints go (None: no checkpoints).
+        fingerprint: a hash of the params and inputs; a checkpoint with another one is ignored.
+        keep_final: keep a checkpoint of the finished run (a later sub-stage or seed can be killed without
+            redoing this one); otherwise the folder is emptied when training completes.
+        description: the progress bar's label.
+        on_log: ``on_log(step, metrics)`` every ``cfg.log_every`` steps with the window's mean metrics.
+    """
+
+    #: Train mode during training (dropout on); RL keeps eval mode so sampler and learner are one function.
+    train_mode = True
+    #: Metrics shown beside the progress bar.
+    postfix_keys: tuple[str, ...] = ("loss",)
+
+    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, *, seed: int = 0,
+                 checkpoint_dir: str | Path | None = None, fingerprint: str = "", keep_final: bool = False,
+                 description: str = "train", on_log: LogFn | None = None) -> None:
+        self.cfg, self.seed, self.fingerprint = cfg, seed, fingerprint
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.keep_final, self.description, self.on_log = keep_final, description, on_log
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self.named_params:
+            raise ValueError("no trainable parameters: freeze by stage (model.set_stage(...)) before training")
+        self.params = [p for _, p in self.named_params]
+        optimizer = make_optimizer(self.named_params, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, cfg))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.global_step = 0
+        self.history: list[tuple[int, dict[str, float]]] = []  # every logged window, in order
+        self._window: dict[str, list[float]] = {}
+
+    # ------------------------------------------------------------------------------------------ hooks
+
+    def training_step(self) -> dict[str, float]:
+        """One step: compute a loss, `self.optimize(loss)`, return its metrics (``n_tokens`` gives tokens/s)."""
+        raise NotImplementedError
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON-able values) a subclass must checkpoint besides the core's own state."""
+        return {}, {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next optimizer step."""
+        return self.scheduler.get_last_lr()[0]
+
+    def optimize(self, loss: torch.Tensor) -> float:
+        """Backward, clip and one optimizer step; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf  # inf: measure, never clip
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
+        self.optimizer.step()
+        return float(grad_norm)
+
+    def train(self, steps: int | None = None) -> dict[str, float]:
+        """Train to ``cfg.steps`` (or `steps` more); return the last logged window's metrics.
+
+        Resumes from a matching checkpoint first and replays its logged curve to `on_log`, so a resumed
+        stage's tracking run is complete.
+        """
+        torch.manual_seed(self.seed)
+        self._resume()
+        for step, metrics in self.history:
+            self._emit(step, metrics)
+        total = self.cfg.steps if steps is None else self.global_step + steps
+        self.model.train(self.train_mode)
+        tokens, clock = 0, time.perf_counter()
+        bar = tqdm(range(self.global_step, total), desc=self.description, initial=self.global_step, total=total,
+                   disable=not self.accelerator.is_main_process, mininterval=2.0)
+        for _ in bar:
+            metrics = self.advance()
+            tokens += int(metrics.pop("n_tokens", 0))
+            for key, value in metrics.items():
+                self._window.setdefault(key, []).append(float(value))
+            if self.global_step % self.cfg.log_every == 0 or self.global_step == total:
+                logged = {k: sum(v) / len(v) for k, v in self._window.items()}
+                if tokens:
+                    logged["tokens_per_second"] = tokens / max(time.perf_counter() - clock, 1e-9)
+                self._window, tokens, clock = {}, 0, time.perf_counter()
+                self.history.append((self.global_step, logged))
+                bar.set_postfix({k: f"{logged[k]:.3f}" for k in self.postfix_keys if k in logged})
+                self._emit(self.global_step, logged)
+            if self.checkpoint_dir is not None and self.global_step % self.cfg.checkpoint_every == 0 \
+                    and self.global_step < self.cfg.steps:
+                self.save()
+        bar.close()
+        self.model.eval()
+        if self.checkpoint_dir is not None and self.global_step >= self.cfg.steps:
+            if self.keep_final:
+                self.save()
+            else:  # done: keep the (DVC-declared) folder, empty
+                shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+                self.checkpoint_dir.mkdir(parents=True)
+        return dict(self.history[-1][1]) if self.history else {}
+
+    def advance(self) -> dict[str, float]:
+        """One step of the loop without its logging: `training_step`, then the schedule moves on."""
+        metrics = {"lr": self.lr, **self.training_step()}
+        self.scheduler.step()
+        self.global_step += 1
+        return metrics
+
+    def _emit(self, step: int, metrics: dict[str, float]) -> None:
+        if self.on_log is not None:
+            self.on_log(step, metrics)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything needed to resume bit-exactly, as (tensors for safetensors, JSON-able metadata)."""
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        opt = self.optimizer.state_dict()
+        tensors.update({f"opt.{i}.{k}": v.contiguous() for i, st in opt["state"].items() for k, v in st.items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        extra_tensors, extra_meta = self.extra_state()
+        tensors.update({f"extra.{k}": v.contiguous() for k, v in extra_tensors.items()})
+        meta = {"step": self.global_step, "fingerprint": self.fingerprint, "param_groups": opt["param_groups"],
+                "scheduler": self.scheduler.state_dict(), "history": self.history, "window": self._window,
+                "extra": extra_meta}
+        json.dumps(meta)  # fail here, not half-way through writing, if something is not JSON-able
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore :meth:`state` into a trainer built with the same model shape and params."""
+        model = self.accelerator.unwrap_model(self.model)
+        current = dict(model.named_parameters())
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        extra: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for key, value in tensors.items():
+                kind, name = key.split(".", 1)
+                if kind == "param":
+                    current[name].copy_(value)
+                elif kind == "opt":
+                    index, slot = name.split(".", 1)
+                    state.setdefault(int(index), {})[slot] = value
+                elif kind == "extra":
+                    extra[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.global_step = int(meta["step"])
+        self.history = [(int(step), metrics) for step, metrics in meta["history"]]
+        self._window = {k: list(v) for k, v in meta["window"].items()}
+        self.load_extra_state(extra, meta["extra"])
+
+    def save(self) -> None:
+        """Write a checkpoint atomically: the folder is the previous checkpoint or the new one, never half."""
+        tensors, meta = self.state()
+        with atomic_dir(self.checkpoint_dir) as tmp:
+            save_file(tensors, str(tmp / STATE_FILE))
+            (tmp / META_FILE).write_text(json.dumps(meta))
+
+    def _resume(self) -> None:
+        folder = self.checkpoint_dir
+        if folder is None or not (folder / META_FILE).is_file():
+            return
+        meta = json.loads((folder / META_FILE).read_text())
+        if meta.get("fingerprint") != self.fingerprint:
+            print(f"note: ignoring the checkpoint in {folder}: it was written for other params or inputs")
+            return
+        self.load_state(load_file(str(folder / STATE_FILE)), meta)
+
+
+class BatchSource(Protocol):
+    """Anything that yields batches and draws them with `generator` (checkpointed for exact resumption)."""
+
+    generator: torch.Generator
+
+    def __next__(self) -> Batch: ...
+
+
+LossFn = Callable[[Batch, torch.Generator], LossOutput]
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return type(batch)(to_device(v, device) for v in batch)
+
+
+def count_tokens(batch: Batch) -> int:
+    """Tokens in a batch: the attention mask's ones when there is one, else the id tensor's size."""
+    if isinstance(batch, torch.Tensor):
+        return batch.numel()
+    if isinstance(batch, dict):
+        mask = batch.get("attention_mask")
+        return int(mask.sum()) if mask is not None else count_tokens(batch["input_ids"])
+    return count_tokens(batch[0])
+
+
+class BatchTrainer(Trainer):
+    """One batch, one loss, one optimizer step: the trainer of base, latent, BC, FTA and SFT.
+
+    `loss_fn(batch, generator)` gets a seeded generator for its own randomness (Gumbel noise), checkpointed
+    with the batch sampler's.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFn, batches: BatchSource, cfg: Any, **kwargs: Any):
+        kwargs.setdefault("seed", getattr(cfg, "seed", 0))
+        super().__init__(model, cfg, **kwargs)
+        self.loss_fn, self.batches = loss_fn, batches
+        self.noise = torch.Generator().manual_seed(self.seed + 1)
+
+    def training_step(self) -> dict[str, float]:
+        batch = to_device(next(self.batches), self.accelerator.device)
+        out = self.loss_fn(batch, self.noise)
+        grad_norm = self.optimize(out.loss)
+        return {**out.metrics, "grad_norm": grad_norm, "n_tokens": count_tokens(batch)}
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {"data_rng": self.batches.generator.get_state(), "noise_rng": self.noise.get_state()}, {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.batches.generator.set_state(tensors["data_rng"])
+        self.noise.set_state(tensors["noise_rng"])
+
+
+def train(model: torch.nn.Module, loss_fn: LossFn, batches: BatchSource, cfg: Any, **kwargs: Any) -> dict[str, float]:
+    """`BatchTrainer(model, loss_fn, batches, cfg, **kwargs).train()`: the last logged window's metrics."""
+    return BatchTrainer(model, loss_fn, batches, cfg, **kwargs).train()
