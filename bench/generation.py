@@ -1,11 +1,13 @@
 """Benchmark: CoLA latent-action decoding vs the same base's `generate`, both with KV caches, side by side.
 
 For each base size and batch size it measures tokens/s of (a) `base.generate` (greedy) and (b) CoLA decoding
-(policy-sampled action + greedy world-model token per step), in alternating repeats within one run, and reports
+(policy-sampled action + greedy world-model token per step), in alternating repeats within one run, and
+reports
 
     speed ratio  = CoLA tok/s / base tok/s
     FLOP ideal   = base FLOPs / (base + policy + merge) FLOPs per token (2 × matmul parameters each)
-    efficiency   = speed ratio / FLOP ideal   (1.0 = no overhead beyond the added compute; target ≥ 0.9 at B=16)
+    efficiency   = speed ratio / FLOP ideal   (1.0 = no overhead beyond the added compute;
+                                              target ≥ 0.9 at B=16)
 
 Run: `python bench/generation.py [--quick] [--out bench/results/generation.json]`.
 """
@@ -20,10 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from cola.config import load_stage_config
 from shapes import SIZES  # bench/ is the script's directory, so first on sys.path
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from cola.config import load_stage_config
 from cola.model import CoLAForCausalLM
 from cola.train.latent import cola_from_base
 
@@ -88,7 +90,8 @@ def bench_size(name: str, batch: int, new_tokens: int, prompt_len: int, repeats:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke run)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("bench/results/generation.json"))
@@ -97,7 +100,8 @@ def main() -> None:
     new_tokens, repeats = (16, 2) if args.quick else (64, 5)
     rows = [bench_size(name, batch, new_tokens, prompt_len=16, repeats=repeats)
             for name in SIZES for batch in (1, 16)]
-    header = f"{'size':<12}{'batch':>6}{'base tok/s':>12}{'CoLA tok/s':>12}{'ratio':>8}{'ideal':>8}{'eff.':>7}"
+    header = (f"{'size':<12}{'batch':>6}{'base tok/s':>12}{'CoLA tok/s':>12}{'ratio':>8}{'ideal':>8}"
+              f"{'eff.':>7}")
     print(header)
     for r in rows:
         print(f"{r['size']:<12}{r['batch']:>6}{r['base_tok_s']:>12.0f}{r['cola_tok_s']:>12.0f}"

@@ -5,9 +5,10 @@ vocab 1024, untied, random weights; `--size base-25M` for d512 × 6 layers) at e
 G samples × N new tokens (16 × 8 × 12 by default), prompts from the arith task encoded as `EOS prompt`, the
 math reward, β = 1e-3, one PPO epoch.
 
-* cola   -- `cola.rl.grpo.GRPOTrainer` with `LatentActionPolicy` (module sizes of params.yaml's `latent.cola`): actions
-            sampled top-40, greedy world-model tokens, only the policy (0.50 M) trains; the update re-uses the
-            rollout's base states, so it runs only the policy (twice: reference, then with grad).
+* cola   -- `cola.rl.grpo.GRPOTrainer` with `LatentActionPolicy` (module sizes of params.yaml's
+            `latent.cola`): actions sampled top-40, greedy world-model tokens, only the policy (0.50 M)
+            trains; the update re-uses the rollout's base states, so it runs only the policy (twice:
+            reference, then with grad).
 * token  -- the same trainer with `TokenPolicy`: sampled tokens, the whole base (1.25 M) trains.
 * trl    -- `trl.GRPOTrainer` (trl 1.16.0) on the same base weights and prompts (ecosystem-notes §8 CPU
             settings: bf16=False, beta>0 so it loads a reference model (from the saved folder),
@@ -23,13 +24,14 @@ rewards, reference and policy log-probs, backward, optimizer); its generation pa
 `_generate_single_turn`. Ours: `seconds_generation` (rollout) and `seconds_update` (everything after it).
 
 Memory. Peak resident set size in a fresh subprocess per method: `VmHWM` of /proc/self/status, the counter
-behind `getrusage(RUSAGE_SELF).ru_maxrss`. Setup (tokenizer training, models, reference, trainer) leaves a high
-water mark far above what a tiny-model step needs, so after setup the free heap is handed back to the OS
+behind `getrusage(RUSAGE_SELF).ru_maxrss`. Setup (tokenizer training, models, reference, trainer) leaves a
+high water mark far above what a tiny-model step needs, so after setup the free heap is handed back to the OS
 (`malloc_trim`) and the mark is reset to the current RSS (`/proc/self/clear_refs` ← 5, Linux ≥ 4.0) after
 one warm-up step (so lazily allocated kernel buffers and the optimizer state already exist); the reported
 `step_peak_delta_mb` is the peak during the following steps minus the RSS at that reset: the transient
-memory of a steady-state step (KV caches, activations, gradients). Not tracemalloc: it only sees the Python heap, not torch's
-tensor memory. Where the reset is unavailable the delta falls back to plain `ru_maxrss` before/after.
+memory of a steady-state step (KV caches, activations, gradients). Not tracemalloc: it only sees the Python
+heap, not torch's tensor memory. Where the reset is unavailable the delta falls back to plain `ru_maxrss`
+before/after.
 
 Run: `python bench/rl_step.py [--quick] [--no-trl] [--out bench/results/rl_step.json]`.
 """
@@ -76,7 +78,8 @@ DEFAULT_SIZE = "tiny-1.25M"
 
 
 def corpus_and_prompts(n_prompts: int = 256) -> tuple[list[str], list[dict[str, Any]]]:
-    """Tokenizer corpus and arith prompts: the pipeline's tasks when reasoning-gym is installed, else a stand-in."""
+    """Tokenizer corpus and arith prompts: the pipeline's tasks when reasoning-gym is installed, else a
+    stand-in."""
     try:
         from cola.tasks.procedural import make_examples
 
@@ -112,7 +115,8 @@ def build(size: str = DEFAULT_SIZE, seed: int = 0):
 
 
 def our_trainer(method: str, model, tokenizer, prompts, args) -> GRPOTrainer:
-    cfg = RLConfig(steps=10_000, prompts_per_step=args.prompts, group_size=args.group, lr=1e-4, warmup_steps=0)
+    cfg = RLConfig(steps=10_000, prompts_per_step=args.prompts, group_size=args.group, lr=1e-4,
+                   warmup_steps=0)
     return GRPOTrainer(build_policy(model, tokenizer, method, cfg), cfg, prompts, TASKS["arith"].reward,
                        max_new_tokens=args.new_tokens, seed=0)
 
@@ -138,8 +142,8 @@ def trl_trainer(base, tokenizer, prompts, args, workdir: Path, steps: int, callb
         output_dir=str(workdir / "trl"), per_device_train_batch_size=args.prompts * args.group,
         num_generations=args.group, max_completion_length=args.new_tokens, learning_rate=1e-4,
         lr_scheduler_type="constant", beta=1e-3, temperature=1.0, num_iterations=1, bf16=False,
-        gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=10_000,
-        max_steps=steps, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+        logging_steps=10_000, max_steps=steps, seed=0, disable_tqdm=True, dataloader_num_workers=0,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -232,7 +236,8 @@ def _peak_mb() -> float:
 
 
 def _reset_peak() -> float:
-    """Return freed heap to the OS and reset the high-water mark to the current RSS; returns that RSS (MiB)."""
+    """Return freed heap to the OS and reset the high-water mark to the current RSS; returns that RSS
+    (MiB)."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -271,9 +276,9 @@ def run_memory(method: str, args) -> dict[str, float]:
 
 
 def memory_in_subprocess(method: str, args) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--memory-only", method, "--size", args.size, "--threads", str(args.threads),
-           "--prompts", str(args.prompts), "--group", str(args.group), "--new-tokens", str(args.new_tokens),
-           "--memory-steps", str(args.memory_steps)]
+    cmd = [sys.executable, __file__, "--memory-only", method, "--size", args.size,
+           "--threads", str(args.threads), "--prompts", str(args.prompts), "--group", str(args.group),
+           "--new-tokens", str(args.new_tokens), "--memory-steps", str(args.memory_steps)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -333,11 +338,13 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{method:<7}{r['median_seconds_per_step']:>9.3f}{r['median_seconds_generation']:>10.3f}"
               f"{r['median_seconds_update']:>9.3f}{'' if ref is None else f'{ref:.3f}':>8}"
               f"{'' if rew is None else f'{rew:.3f}':>8}"
-              f"{r.get('peak_rss_mb', float('nan')):>8.0f}MB{r.get('step_peak_delta_mb', float('nan')):>7.1f}MB")
+              f"{r.get('peak_rss_mb', float('nan')):>8.0f}MB"
+              f"{r.get('step_peak_delta_mb', float('nan')):>7.1f}MB")
     targets = {"latent_update_over_token_update": 0.25, "token_step_over_trl_step": 0.7}
     flops = result["matmul_params"]
     print(f"{'FLOP-ideal latent/token update':<42}{flops['flop_ideal_update_ratio']:6.3f}  (policy "
-          f"{flops['policy'] / 1e6:.2f}M vs base {(flops['base_decoder'] + flops['base_lm_head']) / 1e6:.2f}M "
+          f"{flops['policy'] / 1e6:.2f}M vs base "
+          f"{(flops['base_decoder'] + flops['base_lm_head']) / 1e6:.2f}M "
           "matmul params per position)")
     for name, value in result["ratios"].items():
         goal = f"  (target ≤ {targets[name]}: {'met' if value <= targets[name] else 'NOT met'})" \
@@ -348,7 +355,8 @@ def print_table(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=tuple(SIZES), default=DEFAULT_SIZE,
-                        help="base shape (bench/shapes.py); the policy is params.yaml's `latent.cola` at its width")
+                        help="base shape (bench/shapes.py); the policy is params.yaml's "
+                             "`latent.cola` at its width")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=12)
@@ -385,10 +393,12 @@ def main() -> None:
                     "platform": platform.platform(), "torch": torch.__version__,
                     "trl": None if args.no_trl else importlib.metadata.version("trl"),
                     "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg()},
-        "setup": {"size": args.size, "prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens,
-                  "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-                  "memory": "VmHWM (= ru_maxrss) peak during the steps minus VmRSS after setup + 1 warm-up step, "
-                            "mark reset there (malloc_trim + /proc/self/clear_refs); fresh subprocess per method"},
+        "setup": {"size": args.size, "prompts": args.prompts, "group": args.group,
+                  "new_tokens": args.new_tokens, "threads": args.threads, "repeats": args.repeats,
+                  "warmup": args.warmup,
+                  "memory": "VmHWM (= ru_maxrss) peak during the steps minus VmRSS after setup + 1 warm-up "
+                            "step, mark reset there (malloc_trim + /proc/self/clear_refs); fresh subprocess "
+                            "per method"},
         **summarise(rows, memory),
         "matmul_params": matmul,
         "raw": rows,

@@ -1,4 +1,5 @@
-"""Base-model shapes the benchmarks run at (LlamaConfig keyword arguments; vocabulary set by each benchmark)."""
+"""Base-model shapes the benchmarks run at (LlamaConfig keyword arguments; vocabulary set by each
+benchmark)."""
 
 from cola.config import TinyBaseConfig
 

@@ -1,8 +1,8 @@
 """Exception types for errors the user can fix, and the one place that turns them into an exit code.
 
 Stage scripts (:func:`cli_main`) and the ``cola`` CLI (:func:`user_errors`) print these as one ``error: ...``
-line on stderr and exit with code 2 instead of dumping a traceback: they describe the user's setup, not a bug in
-cola. Anything else is a bug and keeps its traceback.
+line on stderr and exit with code 2 instead of dumping a traceback: they describe the user's setup, not a bug
+in cola. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Atomic outputs and content digests: the one way cola writes files and recognises its inputs.
 
-- :func:`atomic_dir` / :func:`atomic_write_text`: an output folder or file is either the old one or the complete
-  new one, never half-written (a killed stage, a full disk), design.md §9.
+- :func:`atomic_dir` / :func:`atomic_write_text`: an output folder or file is either the old one or the
+  complete new one, never half-written (a killed stage, a full disk), design.md §9.
 - :func:`fingerprint` / :func:`file_digest`: short content hashes of params and inputs; a resumable checkpoint
   or a cached evaluation is reused only when its fingerprint matches.
 """
@@ -21,7 +21,8 @@ from typing import Any
 
 @contextmanager
 def atomic_dir(out_dir: Path | str) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of `out_dir`; on success it replaces `out_dir`, on error it is removed."""
+    """Yield a fresh temporary sibling of `out_dir`; on success it replaces `out_dir`, on error it is
+    removed."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

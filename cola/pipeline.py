@@ -66,9 +66,11 @@ class StageContext:
         self.run.summary(result.metrics)
 
 
-def stage_parser(name: str, paths: Sequence[str], choices: Mapping[str, Sequence[str]]) -> argparse.ArgumentParser:
+def stage_parser(name: str, paths: Sequence[str],
+                 choices: Mapping[str, Sequence[str]]) -> argparse.ArgumentParser:
     """``--<path> PATH`` for every path (all required: dvc.yaml's cmd gives them) plus the choice options."""
-    parser = argparse.ArgumentParser(prog=f"stages/{name}.py", description=f"DVC stage {name} (see dvc.yaml).")
+    parser = argparse.ArgumentParser(prog=f"stages/{name}.py",
+                                     description=f"DVC stage {name} (see dvc.yaml).")
     for option, values in choices.items():
         parser.add_argument(f"--{option.replace('_', '-')}", required=True, choices=list(values))
     for path in paths:

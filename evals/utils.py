@@ -2,8 +2,8 @@
 
 lm-eval imports this file when it resolves the ``!function utils.…`` tags of a task YAML. Scoring uses the
 project's task objects (`cola.tasks`): MATH-500 and the math tasks by the math grader (last ``\\boxed{}``,
-normalisation, math-verify), the retention tasks by an exact string match of the boxed answer, Countdown by its
-expression check and its think/answer format — the very functions of the RL rewards and of `cola eval`, so
+normalisation, math-verify), the retention tasks by an exact string match of the boxed answer, Countdown by
+its expression check and its think/answer format — the very functions of the RL rewards and of `cola eval`, so
 train-time reward and eval-time metric agree.
 
 Local data files are found without editing a YAML, in this order:
@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from cola.tasks import MATH500, TASKS
 
 # Importing the model module registers `--model cola` with lm-eval. lm-eval resolves a task YAML's functions
 # before it builds the model when the task is given as a YAML *path* (`lm_eval run --tasks evals/x.yaml`), so
 # this import is what makes `--model cola` work with the stock `lm_eval` command (see README.md).
 import cola.eval.lm_eval_model  # noqa: F401
+from cola.tasks import MATH500, TASKS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TASKS_DIR = REPO_ROOT / "data" / "tasks" / "test"
@@ -46,7 +46,8 @@ def _read_jsonl(path: Path) -> datasets.Dataset:
 
 
 def load_math500_local(math500_path: str | None = None, **_: Any) -> dict[str, datasets.Dataset]:
-    """``custom_dataset`` of ``cola_math500_local``: MATH-500 from a local JSONL (HuggingFaceH4/MATH-500 fields).
+    """``custom_dataset`` of ``cola_math500_local``: MATH-500 from a local JSONL (HuggingFaceH4/MATH-500
+    fields).
 
     lm-eval calls it with the task metadata merged with the run's metadata (model args included), hence the
     catch-all keyword arguments.
@@ -80,12 +81,14 @@ def process_math(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
 
 
 def process_exact_boxed(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
-    """Retention tasks (spell, wrev): the last boxed answer must equal the reference string (ends stripped)."""
-    return {"exact_match": int(TASKS[doc["task"]].score(doc, _response(results)))}
+    """Retention tasks (spell, wrev): the last boxed answer must equal the reference string (ends
+    stripped)."""
+    return {"exact_match": int(TASKS[doc.get("task", "spell")].score(doc, _response(results)))}
 
 
 def process_countdown(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
     """Countdown: the last ``<answer>`` expression must use the numbers once each and make the target;
-    ``format``: the whole response is ``<think>…</think> <answer>…</answer>`` (what the format reward checks)."""
+    ``format``: the whole response is ``<think>…</think> <answer>…</answer>`` (what the format reward
+    checks)."""
     task, text = TASKS["countdown"], _response(results)
     return {"exact_match": int(task.score(doc, text)), "format": int(task.format_ok(text))}

@@ -13,4 +13,5 @@ def main(stage: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("latent", main, paths=["corpus", "base", "out", "checkpoints", "loss_plot", "usage_plot", "metrics"])
+    run_stage("latent", main,
+              paths=["corpus", "base", "out", "checkpoints", "loss_plot", "usage_plot", "metrics"])

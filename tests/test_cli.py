@@ -1,19 +1,20 @@
-"""The `cola` CLI through typer's CliRunner on real saved tiny model folders and a real SQLite MLflow store."""
+"""The `cola` CLI through typer's CliRunner on real saved tiny model folders and a real SQLite MLflow
+store."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from cola.cli import app, ui_command
+from cola.config import PROFILES, PipelineParams, flatten, load_pipeline_params
 from tests.test_harness import NUM_ACTIONS, build_assets
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*")
@@ -32,7 +33,8 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", [[], ["eval"], ["generate"], ["compare"], ["ui"], ["profile"]])
+@pytest.mark.parametrize("command", [[], ["eval"], ["generate"], ["compare"], ["ui"], ["profile"],
+                                     ["params"]])
 def test_help_everywhere(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -203,51 +205,78 @@ def test_ui_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ]
 
 
-def test_profile_validates_then_copies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from cola.pipeline import PipelineParams
-
-    monkeypatch.chdir(tmp_path)
-    profiles = tmp_path / "configs" / "profiles"
-    profiles.mkdir(parents=True)
-    valid = yaml.safe_dump(dataclasses.asdict(PipelineParams()))
-    (profiles / "tiny.yaml").write_text(valid)
-    (profiles / "broken.yaml").write_text(valid.replace("profile: tiny", "profile: tiny\nbogus_section: 1"))
-    Path("params.yaml").write_text("old: true\n")
-
-    line = _one_line_error(runner.invoke(app, ["profile", "huge"]))
-    assert "unknown profile 'huge'" in line and "broken, tiny" in line
-    line = _one_line_error(runner.invoke(app, ["profile", "broken"]))
-    assert "bogus_section" in line
-    assert Path("params.yaml").read_text() == "old: true\n"  # nothing changed on a bad profile
-
-    result = runner.invoke(app, ["profile", "tiny"])
-    assert result.exit_code == 0, result.output
-    assert Path("params.yaml").read_text() == valid
-    assert runner.invoke(app, ["profile"]).stdout.split() == ["broken", "tiny"]
-
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs" / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_shipped_profile_validates_and_names_itself(path: Path) -> None:
-    from cola.pipeline import PROFILES, load_pipeline_params
+def _repo_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shipped profiles and params.yaml in a scratch folder, which becomes the working directory."""
+    shutil.copytree(REPO / "configs" / "profiles", tmp_path / "configs" / "profiles")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "params.yaml"
 
-    params = load_pipeline_params(path)
-    assert params.profile == path.stem and path.stem in PROFILES
 
-
-def test_params_yaml_is_the_tiny_profile() -> None:
+def test_profile_tiny_reproduces_params_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The README's main command runs params.yaml; `cola profile tiny` must give back exactly that default.
-    assert (REPO / "params.yaml").read_text() == (REPO / "configs" / "profiles" / "tiny.yaml").read_text()
+    params = _repo_copy(tmp_path, monkeypatch)
+    result = runner.invoke(app, ["profile", "smoke"])
+    assert result.exit_code == 0, result.output
+    assert params.read_text() != (REPO / "params.yaml").read_text()
+    result = runner.invoke(app, ["profile", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert params.read_text() == (REPO / "params.yaml").read_text()
+    assert runner.invoke(app, ["profile"]).stdout.split() == sorted(PROFILES)
+
+
+def test_a_bad_profile_changes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    params = _repo_copy(tmp_path, monkeypatch)
+    before = params.read_text()
+    profiles = tmp_path / "configs" / "profiles"
+    (profiles / "broken.yaml").write_text("profile: broken\nbogus_section: 1\n")
+    (profiles / "misnamed.yaml").write_text("profile: tiny\n")
+    (profiles / "smoke.yaml").write_text("profile: smoke\nlatent:\n  lrr: 0.1\n")  # a typo in a known profile
+
+    line = _one_line_error(runner.invoke(app, ["profile", "huge"]))
+    assert "unknown profile 'huge'" in line and "broken" in line and "tiny" in line
+    assert "bogus_section" in _one_line_error(runner.invoke(app, ["profile", "broken"]))
+    assert "expected 'misnamed'" in _one_line_error(runner.invoke(app, ["profile", "misnamed"]))
+    assert "latent.lrr is not a known key" in _one_line_error(runner.invoke(app, ["profile", "smoke"]))
+    assert params.read_text() == before  # nothing changed on a bad profile
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configs", "params.yaml"]  # no temp file left
+
+
+def test_the_shipped_profiles_are_the_known_ones() -> None:
+    assert sorted(p.stem for p in (REPO / "configs" / "profiles").glob("*.yaml")) == sorted(PROFILES)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_shipped_profile_validates_and_names_itself(name: str, tmp_path: Path) -> None:
+    out = tmp_path / "params.yaml"
+    args = ["profile", name, "--profiles-dir", str(REPO / "configs" / "profiles"), "--params", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_pipeline_params(out).profile == name
 
 
 def test_schema_defaults_are_the_default_profile() -> None:
     # A params file that leaves a key out gets the schema's default; it must be the shipped default's value,
     # not a stale calibration (bc.steps once said 490 while params.yaml ran 300).
-    from cola.params import flatten
-    from cola.pipeline import PipelineParams, load_pipeline_params
-
     defaults, shipped = flatten(PipelineParams()), flatten(load_pipeline_params(REPO / "params.yaml"))
     assert {k: (defaults.get(k), shipped.get(k)) for k in defaults.keys() | shipped.keys()
             if defaults.get(k) != shipped.get(k)} == {}
+
+
+def test_params_documents_every_key_with_its_value(tmp_path: Path) -> None:
+    smoke = tmp_path / "params.yaml"
+    assert runner.invoke(app, ["profile", "smoke", "--profiles-dir", str(REPO / "configs" / "profiles"),
+                               "--params", str(smoke)]).exit_code == 0
+    result = runner.invoke(app, ["params", "rl.tasks.math", "--params", str(smoke)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.output.splitlines() if line.startswith("│ rl.")}
+    # key: type, default, value in the file (blank when it is the default), help
+    assert rows["rl.tasks.math.max_new_tokens"][:3] == ["int", "12", "4"]
+    assert rows["rl.tasks.math.reward_threshold"][:3] == ["float | None", "0.04", ""]
+    assert all(row[3] for row in rows.values())  # every key has its help
+    bad = runner.invoke(app, ["params", "rl.bogus", "--params", str(smoke)])
+    assert bad.exit_code == 2 and "no params key starts with 'rl.bogus'" in bad.output

@@ -1,4 +1,4 @@
-"""Tests for cola.eval.countdown: hand cases plus agreement with reasoning_gym's own countdown scorer."""
+"""Tests for cola.tasks.countdown: hand cases plus agreement with reasoning_gym's own countdown scorer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cola.eval.countdown import check_countdown, parse_answer_tag
+from cola.tasks.countdown import check_countdown, parse_answer_tag
 
 NUMBERS = [100, 4, 5, 3]
 TARGET = 483  # (100 - 4) * 5 + 3

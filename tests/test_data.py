@@ -9,16 +9,30 @@ from pathlib import Path
 
 import pytest
 
-from cola.data.prepare import SPLITS, PrepareConfig, check_no_overlap, prepare
-from cola.data.tasks import TASKS, countdown_trace, holdout_key, make_examples
+from cola.config import PrepareConfig, from_dict
+from cola.data.prepare import SPLITS, check_no_overlap, prepare
+from cola.errors import ParamsError
+from cola.tasks import TASK_NAMES, TASKS, BoxedMathTask, ExactBoxedTask
+from cola.tasks.procedural import PROCEDURAL, countdown_trace, holdout_key, make_examples
 
 FORMATS = {
     "arith": r"Q: Calculate \d{1,3} [+-] \d{1,3}\. A: \\boxed\{-?\d+\}",
     "wordprob": r"Q: Count the legs of \d [a-z ]+( and \d [a-z ]+)?\. A: \\boxed\{\d+\}",
-    "countdown": r"Q: Use \d+, \d+, \d+ to make \d+\. A: <think> [^<>]+ </think> <answer>[-+*/()\d]+</answer>",
+    "countdown": r"Q: Use \d+, \d+, \d+ to make \d+\. A: <think> [^<>]+ </think> "
+                 r"<answer>[-+*/()\d]+</answer>",
     "spell": r"Q: Spell backward: \w{3,5} A: \\boxed\{\w{3,5}\}",
     "wrev": r"Q: Reverse the words: \w+(, \w+){1,2} A: \\boxed\{\w+(, \w+){1,2}\}",
 }
+
+
+def _small(seed: int = 0) -> PrepareConfig:
+    """A config that builds in about a second (what the old `_small()` gave)."""
+    return PrepareConfig(
+        seed=seed,
+        n_train={"arith": 200, "wordprob": 100, "countdown": 60, "spell": 100, "wrev": 100},
+        n_val=20,
+        n_test=30,
+    )
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -29,7 +43,15 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+def test_registry_of_procedural_tasks() -> None:
+    assert TASK_NAMES == tuple(task.name for task in PROCEDURAL) == tuple(FORMATS)
+    assert all(TASKS[task.name] is task for task in PROCEDURAL)
+    # the answer format is the class: boxed for the math and retention tasks, think/answer for countdown
+    boxed = {name for name in TASK_NAMES if isinstance(TASKS[name], BoxedMathTask | ExactBoxedTask)}
+    assert boxed == {"arith", "wordprob", "spell", "wrev"}
+
+
+@pytest.mark.parametrize("task", sorted(TASK_NAMES))
 def test_example_format(task: str) -> None:
     exs = make_examples(task, 200, seed=0)
     assert len(exs) == 200
@@ -38,7 +60,7 @@ def test_example_format(task: str) -> None:
         assert ex["prompt"] == f"Q: {ex['question']} A:"
         assert ex["text"] == ex["prompt"] + ex["completion"]
         assert re.fullmatch(FORMATS[task], ex["text"]), ex["text"]
-        if TASKS[task].answer_format == "boxed":
+        if isinstance(TASKS[task], BoxedMathTask | ExactBoxedTask):  # the boxed answer format
             assert ex["completion"] == f" \\boxed{{{ex['answer']}}}"
 
 
@@ -76,7 +98,7 @@ def test_holdout_keys_ignore_order() -> None:
 
 
 def test_streams_are_deterministic_and_seeded() -> None:
-    for task in TASKS:
+    for task in TASK_NAMES:
         assert make_examples(task, 30, seed=3) == make_examples(task, 30, seed=3)
     # reasoning-gym seeds item i with seed + i; neighbouring seeds must still give unrelated streams
     a = [ex["question"] for ex in make_examples("wrev", 50, seed=0)]
@@ -85,7 +107,7 @@ def test_streams_are_deterministic_and_seeded() -> None:
 
 
 def test_prepare_tiny(tmp_path: Path) -> None:
-    cfg = PrepareConfig.tiny()
+    cfg = _small()
     summary = prepare(cfg, tmp_path / "data")
     root = tmp_path / "data"
     assert json.loads((root / "summary.json").read_text()) == summary
@@ -119,7 +141,7 @@ def test_prepare_tiny(tmp_path: Path) -> None:
 
 
 def test_prepare_is_byte_identical(tmp_path: Path) -> None:
-    cfg = PrepareConfig.tiny(seed=5)
+    cfg = _small(seed=5)
     prepare(cfg, tmp_path / "a")
     prepare(cfg, tmp_path / "b")
     a, b = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
@@ -128,13 +150,13 @@ def test_prepare_is_byte_identical(tmp_path: Path) -> None:
     prepare(cfg, tmp_path / "a")
     assert _tree_bytes(tmp_path / "a") == a
     # another seed changes the data
-    prepare(PrepareConfig.tiny(seed=6), tmp_path / "c")
+    prepare(_small(seed=6), tmp_path / "c")
     assert _tree_bytes(tmp_path / "c")["corpus/train.txt"] != a["corpus/train.txt"]
 
 
 def test_too_small_question_space_fails_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "data"
-    prepare(PrepareConfig.tiny(), out)
+    prepare(_small(), out)
     before = _tree_bytes(out)
     # spell has a few thousand 3-5 letter words; 2 % of them cannot give 5000 unique test questions
     cfg = PrepareConfig(n_train={"spell": 10}, n_val=5, n_test=5000, test_fraction=0.02, max_scan_factor=1)
@@ -148,8 +170,12 @@ def test_overlap_check_and_unknown_task(tmp_path: Path) -> None:
     ex = make_examples("arith", 2, seed=0)
     with pytest.raises(ValueError, match="both train and test"):
         check_no_overlap("arith", {"train": [ex[0]], "val": [ex[1]], "test": [ex[0]]})
+    # an unknown task is refused when the config is built, before prepare writes anything
     with pytest.raises(ValueError, match="unknown tasks"):
         prepare(PrepareConfig(n_train={"nope": 1}), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ParamsError, match=r"prepare.*unknown tasks \['nope'\]"):
+        from_dict(PrepareConfig, {"n_train": {"nope": 1}}, "prepare")
 
 
 def test_config_fields_have_help() -> None:

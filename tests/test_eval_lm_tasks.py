@@ -13,7 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cola.cli import app
-from cola.eval import harness, lm_tasks
+from cola.eval import lm_tasks
+from cola.eval import runner as eval_runner
+from cola.eval.context import EvalContext
 from tests.test_harness import build_assets
 
 pytest.importorskip("lm_eval")
@@ -67,11 +69,12 @@ def _one_line_error(result) -> str:
 
 def test_registered_in_the_dispatch_point(assets: dict) -> None:
     names = {"math500", "math500_local", "cola_arith", "cola_procedural", "cola_math500_local"}
-    assert names <= set(harness.RUNNERS) and names <= set(harness.PRECHECKS)
+    assert names <= set(eval_runner.RUNNERS) and names <= set(eval_runner.PRECHECKS)
+    assert eval_runner.LM_EVAL_TASKS == lm_tasks.task_names()  # the registry is built from lm_tasks' names
     data = assets["root"] / "data"
-    assert names <= set(harness.all_tasks(data, "test"))
-    assert not names & set(harness.known_tasks(data, "test"))  # the harness's own names, as before
-    with_file = harness.EvalContext(model_path="m", model=None, tokenizer=None, kind="cola",
+    assert names <= set(eval_runner.all_tasks(data, "test"))
+    assert not names & set(eval_runner.known_tasks(data, "test"))  # the harness's own names, as before
+    with_file = EvalContext(model_path="m", model=None, tokenizer=None, kind="cola",
                                     options={"math500_path": "/x.jsonl"})  # fmt: skip
     assert lm_tasks.resolve("math500", with_file) == "cola_math500_local"  # --math500-path replaces the hub
     line = _one_line_error(_eval(assets, "cola", "--task", "math5"))
@@ -149,7 +152,7 @@ def test_hflm_sees_what_colalm_sees(assets: dict) -> None:
     from cola.model.checkpoint import load_model_and_tokenizer
 
     model, tokenizer, kind = load_model_and_tokenizer(assets["root"] / "base")
-    ctx = harness.EvalContext(
+    ctx = EvalContext(
         model_path=str(assets["root"] / "base"), model=model, tokenizer=tokenizer, kind=kind
     )
     lm = lm_tasks.build_lm(ctx)
@@ -167,7 +170,7 @@ def test_hflm_sees_what_colalm_sees(assets: dict) -> None:
 
     cola, cola_tokenizer, _ = load_model_and_tokenizer(assets["root"] / "cola")
     cola_dir = str(assets["root"] / "cola")
-    cola_ctx = harness.EvalContext(model_path=cola_dir, model=cola, tokenizer=cola_tokenizer, kind="cola")
+    cola_ctx = EvalContext(model_path=cola_dir, model=cola, tokenizer=cola_tokenizer, kind="cola")
     assert lm_tasks.build_lm(cola_ctx).model is cola
 
 

@@ -1,4 +1,5 @@
-"""SFT batches, FTA-P / FTA-I and the SFT baseline on a tiny base with a real tokenizer (cola-spec.md §3, §7)."""
+"""SFT batches, FTA-P / FTA-I and the SFT baseline on a tiny base with a real tokenizer
+(cola-spec.md §3, §7)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,17 @@ import random
 import pytest
 import torch
 
-from cola.base.tiny import TinyBaseConfig, build_tiny_base
+from cola.base.tiny import build_tiny_base
+from cola.config import FTAConfig, SFTConfig, TinyBaseConfig, TrainConfig, from_dict, missing_help
 from cola.errors import ColaError
 from cola.model import CoLAForCausalLM
-from cola.params import from_dict, missing_help
+from cola.tasks import TASK_NAMES, TASKS
+from cola.train.core import BatchTrainer
 from cola.train.fta import (
-    DEFAULT_TASKS,
-    TASK_NAMES,
-    FTAConfig,
-    SFTConfig,
     evaluate_response_ce,
     run_fta,
     run_sft,
 )
-from cola.train.loop import OptimConfig
 from cola.train.sft_data import SFTBatches, load_task_examples
 
 
@@ -65,8 +63,8 @@ def _cola(output_head: str = "paper") -> CoLAForCausalLM:
                                      output_head=output_head).eval()
 
 
-_TEST_OPTIM = dict(steps=30, batch_size=8, seq_len=64, lr=1e-2, warmup_steps=3, log_every=10, checkpoint_every=10,
-                   seed=0, threads=1)
+_TEST_OPTIM = dict(steps=30, batch_size=8, seq_len=64, lr=1e-2, warmup_steps=3, log_every=10,
+                   checkpoint_every=10, seed=0, threads=1)
 
 
 def _cfg(variant: str = "fta_p", **overrides) -> FTAConfig:
@@ -129,7 +127,8 @@ def test_sampling_is_seeded_and_with_replacement():
 def test_long_examples_are_cut_and_prompts_that_do_not_fit_dropped():
     tok = _tokenizer()
     examples = [{"prompt": "Q: Calculate 1 + 2. A:", "completion": " \\boxed{3}"},
-                {"prompt": "Q: Calculate 12 + 34 + 56 + 78 + 90 + 12 + 34. A:", "completion": " \\boxed{316}"}]
+                {"prompt": "Q: Calculate 12 + 34 + 56 + 78 + 90 + 12 + 34. A:",
+                 "completion": " \\boxed{316}"}]
     short_len = len(tok(examples[0]["prompt"], add_special_tokens=False)["input_ids"]) + 3
     batches = SFTBatches(examples, tok, batch_size=4, max_len=short_len, seed=0)
     assert (len(batches), batches.n_truncated, batches.n_dropped) == (1, 1, 1)
@@ -145,12 +144,12 @@ def test_load_task_examples(tmp_path):
     examples = _examples(6)
     (folder / "arith.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples[:4]))
     (folder / "wrev.jsonl").write_text(json.dumps(examples[4]) + "\n\n")
-    assert load_task_examples(tmp_path, "train", ["wrev", "arith"]) == [examples[4], *examples[:4]]
+    assert load_task_examples(tmp_path / "tasks", "train", ["wrev", "arith"]) == [examples[4], *examples[:4]]
     with pytest.raises(FileNotFoundError, match="spell.jsonl"):
-        load_task_examples(tmp_path, "train", ["spell"])
+        load_task_examples(tmp_path / "tasks", "train", ["spell"])
     (folder / "spell.jsonl").write_text('{"prompt": "Q: x A:"}\n')
     with pytest.raises(ColaError, match="spell.jsonl:1"):
-        load_task_examples(tmp_path, "train", ["spell"])
+        load_task_examples(tmp_path / "tasks", "train", ["spell"])
 
 
 def test_right_padding_gives_the_unpadded_logits():
@@ -180,21 +179,20 @@ def test_right_padding_gives_the_unpadded_logits():
 
 def test_configs_are_documented_and_validated():
     assert not missing_help(FTAConfig) and not missing_help(SFTConfig)
-    from cola.data.tasks import TASKS
-
-    assert set(TASK_NAMES) == set(TASKS) and set(DEFAULT_TASKS) <= set(TASKS)
+    # Fine-tuning trains on the tasks RL targets, never on the retention tasks (their roles say which).
+    assert set(SFTConfig().tasks) == {n for n in TASK_NAMES if TASKS[n].role != "retention"}
     cfg = from_dict(FTAConfig, {"variant": "fta_i", "tasks": ["arith"], "steps": 5}, "fta")
     # Flat optimisation keys with the fine-tuning defaults, not OptimConfig's pretraining ones.
     assert cfg.variant == "fta_i" and cfg.steps == 5
-    assert (cfg.lr, cfg.weight_decay) == (3e-4, 0.0) != (OptimConfig().lr, OptimConfig().weight_decay)
+    assert (cfg.lr, cfg.weight_decay) == (3e-4, 0.0) != (TrainConfig().lr, TrainConfig().weight_decay)
     with pytest.raises(ColaError, match="fta.variant"):
         from_dict(FTAConfig, {"variant": "fta_x"}, "fta")
     with pytest.raises(ColaError, match=r"fta.tasks\[1\]"):
         from_dict(FTAConfig, {"tasks": ["arith", "algebra"]}, "fta")
     with pytest.raises(ColaError, match="at least one task"):
         from_dict(FTAConfig, {"tasks": []}, "fta")
-    with pytest.raises(ColaError, match="fta.seq_len"):
-        from_dict(FTAConfig, {"seq_len": 2}, "fta")
+    with pytest.raises(ColaError, match="seq_len must be >= 3"):
+        from_dict(FTAConfig, {"seq_len": 2}, "fta")  # one line naming the key, from __post_init__
     # Same budget and batch shape for CoLA's FTA and the token baseline's SFT by default.
     shared = dataclasses.asdict(SFTConfig())
     assert {k: v for k, v in dataclasses.asdict(FTAConfig()).items() if k in shared} == shared
@@ -210,7 +208,8 @@ def test_fta_p_trains_only_base_and_head_and_lowers_the_response_loss(head):
     tok, examples, model = _tokenizer(), _examples(), _cola(head)
     before_ce = evaluate_response_ce(model, tok, examples, max_len=64)
     before = _snapshot(model)
-    metrics = run_fta(model, tok, examples, _cfg("fta_p"))
+    metrics, history = run_fta(model, tok, examples, _cfg("fta_p"))
+    assert [step for step, _ in history] == [10, 20, 30] and history[-1][1] == metrics
     after_ce = evaluate_response_ce(model, tok, examples, max_len=64)
     print(f"FTA-P ({head} head) response CE under policy actions {before_ce:.3f} -> {after_ce:.3f}")
     assert _changed_groups(model, before) == {"base", "head"}
@@ -233,7 +232,8 @@ def test_fta_i_trains_the_base_then_only_the_policy():
             states["a"] = _snapshot(model)
 
     before_ce = evaluate_response_ce(model, tok, examples, max_len=64, action_source="idm")
-    metrics = run_fta(model, tok, examples, cfg, on_log=on_log)
+    metrics, history = run_fta(model, tok, examples, cfg, on_log=on_log)
+    assert [(step, set(values)) for step, values in history] == logged
     assert _changed_groups(model, start) == {"base", "head", "policy"}
     after_a = states["a"]
     for group in ("idm", "codebook", "merge", "policy"):
@@ -252,7 +252,7 @@ def test_sft_trains_the_whole_base_and_lowers_its_response_loss():
     tok, examples, base = _tokenizer(), _examples(), _base()
     before = {n: p.detach().clone() for n, p in base.named_parameters()}
     before_ce = evaluate_response_ce(base, tok, examples, max_len=64)
-    metrics = run_sft(base, tok, examples, _sft_cfg())
+    metrics, _ = run_sft(base, tok, examples, _sft_cfg())
     after_ce = evaluate_response_ce(base, tok, examples, max_len=64)
     print(f"SFT response CE {before_ce:.3f} -> {after_ce:.3f}")
     assert all(not torch.equal(p, before[n]) for n, p in base.named_parameters())
@@ -271,7 +271,7 @@ def _stop_at(step_to_stop: int):
 
 
 # Logged every 5 steps, checkpointed every 10: a kill at a log step 15 leaves the step-10 checkpoint behind
-# (the loop logs before it checkpoints, so a kill at step 10 itself would leave none).
+# (the core logs before it checkpoints, so a kill at step 10 itself would leave none).
 _RESUME = dict(steps=20, log_every=5, checkpoint_every=10)
 
 
@@ -281,7 +281,7 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("case", ["killed-in-world", "killed-in-rebc", "stale-world-result"])
-def test_killed_fta_i_resumes_to_the_same_weights(tmp_path, case, capsys):
+def test_killed_fta_i_resumes_to_the_same_weights(tmp_path, case, capsys, monkeypatch):
     tok, examples = _tokenizer(), _examples()
     cfg = _cfg("fta_i", **_RESUME)
     reference = _cola("residual")
@@ -290,18 +290,29 @@ def test_killed_fta_i_resumes_to_the_same_weights(tmp_path, case, capsys):
     with pytest.raises(_Stop):
         run_fta(_cola("residual"), tok, examples, cfg, checkpoint_dir=tmp_path, on_log=_stop_at(stop_at))
     in_rebc = stop_at > cfg.steps
-    assert (tmp_path / "fta_i_world.done").is_dir() == in_rebc
-    assert (tmp_path / ("fta_i_policy" if in_rebc else "fta_i_world") / "progress.json").is_file()
+    assert (tmp_path / "fta_i_world" / "meta.json").is_file()  # (a)'s checkpoint: mid-run, or its kept end
+    assert (tmp_path / "fta_i_policy" / "meta.json").is_file() == in_rebc
     if case == "stale-world-result":  # as if (a) had finished under other params: it must be redone
-        marker = tmp_path / "fta_i_world.done" / "metrics.json"
-        marker.write_text(json.dumps({**json.loads(marker.read_text()), "fingerprint": "other"}))
+        meta = tmp_path / "fta_i_world" / "meta.json"
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "fingerprint": "other"}))
+    trained: dict[str, int] = {}
+    step = BatchTrainer.training_step
+
+    def counted(self):
+        trained[self.description] = trained.get(self.description, 0) + 1
+        return step(self)
+
+    monkeypatch.setattr(BatchTrainer, "training_step", counted)
     resumed, steps = _cola("residual"), []
     run_fta(resumed, tok, examples, cfg, checkpoint_dir=tmp_path, on_log=lambda step, _: steps.append(step))
     assert ("ignoring" in capsys.readouterr().out) == (case == "stale-world-result")
-    # Killed in (a): (a) continues from its step-10 checkpoint. Killed in (b): the finished (a) is restored, not
-    # redone, and (b) continues from its own step 10. A stale (a) result: (a) is redone, (b) still resumes.
-    assert steps == {"killed-in-world": [15, 20, 25, 30, 35, 40], "killed-in-rebc": [35, 40],
-                     "stale-world-result": [5, 10, 15, 20, 35, 40]}[case]
+    # Killed in (a): (a) continues from its step-10 checkpoint. Killed in (b): the finished (a) is restored,
+    # not redone, and (b) continues from its own step 10. A stale (a) result: (a) is redone, (b) still
+    # resumes.
+    assert trained == {"killed-in-world": {"fta_i_world": 10, "fta_i_policy": 20},
+                       "killed-in-rebc": {"fta_i_policy": 10},
+                       "stale-world-result": {"fta_i_world": 20, "fta_i_policy": 10}}[case]
+    assert steps == [5, 10, 15, 20, 25, 30, 35, 40]  # restored curves are replayed: the run's log is whole
     _assert_same_weights(reference, resumed)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a finished run leaves no checkpoint behind"
 
@@ -313,7 +324,7 @@ def test_killed_fta_p_and_sft_resume_to_the_same_weights(tmp_path):
     run_fta(reference, tok, examples, cfg)
     with pytest.raises(_Stop):
         run_fta(_cola("paper"), tok, examples, cfg, checkpoint_dir=tmp_path, on_log=_stop_at(15))
-    assert (tmp_path / "fta_p" / "progress.json").is_file()
+    assert (tmp_path / "fta_p" / "meta.json").is_file()
     resumed = _cola("paper")
     run_fta(resumed, tok, examples, cfg, checkpoint_dir=tmp_path)
     _assert_same_weights(reference, resumed)
@@ -323,7 +334,7 @@ def test_killed_fta_p_and_sft_resume_to_the_same_weights(tmp_path):
     run_sft(reference_base, tok, examples, sft_cfg)
     with pytest.raises(_Stop):
         run_sft(_base(), tok, examples, sft_cfg, checkpoint_dir=tmp_path, on_log=_stop_at(15))
-    assert (tmp_path / "sft" / "progress.json").is_file()
+    assert (tmp_path / "sft" / "meta.json").is_file()
     resumed_base = _base()
     run_sft(resumed_base, tok, examples, sft_cfg, checkpoint_dir=tmp_path)
     _assert_same_weights(reference_base, resumed_base)

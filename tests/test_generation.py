@@ -72,7 +72,8 @@ def test_actions_are_aligned_with_the_tokens_they_produced(cola_model):
     with torch.no_grad():
         w, _ = cola_model.policy_logits(out.hidden, out.attention_mask[:, :-1])
     logp = torch.log_softmax(w[:, p - 1 :], -1).gather(-1, out.actions.clamp(min=0)[..., None]).squeeze(-1)
-    torch.testing.assert_close(logp[out.response_mask], out.action_logprobs[out.response_mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logp[out.response_mask], out.action_logprobs[out.response_mask], atol=1e-5,
+                               rtol=0)
 
 
 def test_eos_stops_rows_and_pads_after(cola_model):

@@ -7,15 +7,17 @@ codebook is scaled up so that different actions already lead the (random) world 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+from cola.config import ParamsError, RLConfig, from_dict, missing_help
 from cola.model import CoLAForCausalLM
-from cola.model.modeling_cola import left_padded_positions
-from cola.params import ParamsError, from_dict, missing_help
-from cola.rl.grpo import GRPOConfig, GRPOTrainer, build_policy
+from cola.model.inputs import left_padded_positions
+from cola.rl.grpo import GRPOTrainer, build_policy
 from cola.rl.policies import LatentActionPolicy, LatentReference, Rollout, TokenPolicy
 
 WORDS = ["<pad>", "<eos>", *"abcdefghij"]
@@ -33,8 +35,8 @@ def toy_reward(completion: str, example: dict) -> float:
 def tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="a"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<eos>",
-                                   padding_side="left")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   bos_token="<eos>", padding_side="left")
 
 
 def tiny_base(seed: int = 0):
@@ -56,11 +58,21 @@ def make_model(method: str, seed: int = 0):
     return tiny_cola(seed) if method == "cola" else tiny_base(seed)
 
 
-def config(method: str, **overrides) -> GRPOConfig:
-    values = dict(method=method, steps=30, prompts_per_step=4, group_size=8, max_new_tokens=3, lr=1e-2,
-                  warmup_steps=0, seed=0)
+RUNTIME = ("max_new_tokens", "reward_threshold", "seed", "on_log", "checkpoint_dir", "keep_final")
+
+
+def config(**overrides) -> RLConfig:
+    values = dict(steps=30, prompts_per_step=4, group_size=8, lr=1e-2, warmup_steps=0)
     values.update(overrides)
-    return GRPOConfig(**values)
+    return RLConfig(**values)
+
+
+def make_trainer(method: str, tokenizer, model=None, **overrides) -> GRPOTrainer:
+    """A trainer on `model` (a fresh tiny one by default): RLConfig fields and runtime arguments mixed."""
+    runtime = {"max_new_tokens": 3, "seed": 0, **{k: overrides.pop(k) for k in RUNTIME if k in overrides}}
+    cfg = config(**overrides)
+    model = make_model(method) if model is None else model
+    return GRPOTrainer(build_policy(model, tokenizer, method, cfg), cfg, PROMPTS, toy_reward, **runtime)
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -77,8 +89,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_cola_rl_changes_only_the_policy_and_never_the_reference(tokenizer) -> None:
     model = tiny_cola()
     before = {g: [p.detach().clone() for _, p in named] for g, named in model.group_parameters().items()}
-    cfg = config("cola", steps=3)
-    trainer = GRPOTrainer(build_policy(model, tokenizer, cfg), cfg, PROMPTS, toy_reward)
+    trainer = make_trainer("cola", tokenizer, model, steps=3)
     ref_before = snapshot(trainer.ref)
     trainer.train()
 
@@ -100,8 +111,7 @@ def test_cola_rl_changes_only_the_policy_and_never_the_reference(tokenizer) -> N
 def test_token_rl_changes_every_base_tensor_and_never_the_reference(tokenizer) -> None:
     model = tiny_base()
     before = snapshot(model)
-    cfg = config("token", steps=3)
-    trainer = GRPOTrainer(build_policy(model, tokenizer, cfg), cfg, PROMPTS, toy_reward)
+    trainer = make_trainer("token", tokenizer, model, steps=3)
     ref_before = snapshot(trainer.ref)
     assert same(ref_before, {f"model.{k}": v for k, v in before.items()})
     trainer.train()
@@ -111,9 +121,11 @@ def test_token_rl_changes_every_base_tensor_and_never_the_reference(tokenizer) -
     assert same(snapshot(trainer.ref), ref_before)
 
 
-def test_policy_kind_must_match_the_method(tokenizer) -> None:
-    with pytest.raises(ValueError, match="config.method is 'token'"):
-        GRPOTrainer(LatentActionPolicy(tiny_cola(), tokenizer), config("token"), PROMPTS, toy_reward)
+def test_the_method_picks_the_policy(tokenizer) -> None:
+    assert isinstance(build_policy(tiny_cola(), tokenizer, "cola", config()), LatentActionPolicy)
+    assert isinstance(build_policy(tiny_base(), tokenizer, "token", config()), TokenPolicy)
+    with pytest.raises(ValueError, match="unknown RL method 'tokens'"):
+        build_policy(tiny_base(), tokenizer, "tokens", config())
 
 
 # --------------------------------------------------------------------------------------------- log-probs
@@ -123,7 +135,8 @@ def test_latent_logprobs_reuse_the_rollout_hidden_states(tokenizer) -> None:
     model = tiny_cola()
     policy = LatentActionPolicy(model, tokenizer, top_k=5)
     prompts = [ex["prompt"] for ex in PROMPTS[:3]]
-    rollout = policy.rollout(prompts, group_size=4, max_new_tokens=6, generator=torch.Generator().manual_seed(1))
+    rollout = policy.rollout(prompts, group_size=4, max_new_tokens=6,
+                             generator=torch.Generator().manual_seed(1))
     assert rollout.hidden is not None and rollout.hidden.shape[1] == rollout.sequences.shape[1] - 1
     assert rollout.prompts == [p for p in prompts for _ in range(4)] and rollout.group_size == 4
     mask = rollout.response_mask
@@ -143,7 +156,8 @@ def test_latent_logprobs_reuse_the_rollout_hidden_states(tokenizer) -> None:
         h, _ = model.base_hidden(ids, attn, positions)
         w, _ = model.policy_logits(h, attn, positions)
         p = rollout.prompt_length
-        fresh = torch.log_softmax(w[:, p - 1 :], -1).gather(-1, rollout.actions.clamp(min=0)[..., None])[..., 0]
+        fresh = torch.log_softmax(w[:, p - 1 :], -1).gather(
+            -1, rollout.actions.clamp(min=0)[..., None])[..., 0]
     torch.testing.assert_close(reused.detach()[mask], fresh[mask], atol=1e-5, rtol=0)
     # ... and so do the log-probs recorded while sampling (KV-cached, step by step).
     torch.testing.assert_close(reused.detach()[mask], rollout.old_logprobs[mask], atol=1e-5, rtol=0)
@@ -155,7 +169,8 @@ def test_token_logprobs_match_the_sampled_ones_and_rollouts_are_seeded(tokenizer
     prompts = [ex["prompt"] for ex in PROMPTS[:3]]
 
     def roll() -> Rollout:
-        return policy.rollout(prompts, group_size=4, max_new_tokens=6, generator=torch.Generator().manual_seed(3))
+        return policy.rollout(prompts, group_size=4, max_new_tokens=6,
+                              generator=torch.Generator().manual_seed(3))
 
     rollout, again = roll(), roll()
     assert torch.equal(rollout.sequences, again.sequences) and rollout.completions == again.completions
@@ -178,20 +193,24 @@ def test_token_sampler_follows_the_softmax_and_respects_top_k() -> None:
     torch.testing.assert_close(counts / counts.sum(), torch.softmax(logits[0], -1), atol=0.01, rtol=0)
     counts = torch.bincount(_top_k_sample(logits, 2, torch.Generator().manual_seed(0)), minlength=4)
     assert counts[0] == 0 and counts[3] == 0
-    torch.testing.assert_close(counts[1:3] / counts.sum(), torch.softmax(logits[0, 1:3], -1), atol=0.01, rtol=0)
+    torch.testing.assert_close(counts[1:3] / counts.sum(), torch.softmax(logits[0, 1:3], -1), atol=0.01,
+                               rtol=0)
 
 
 @pytest.mark.parametrize("method", ["cola", "token"])
 def test_shared_prompt_scoring_gives_the_full_forward_values_and_gradients(tokenizer, method: str) -> None:
-    """One prompt pass per group (KV cache repeated G times) changes neither the log-probs nor the gradient."""
+    """One prompt pass per group (KV cache repeated G times) changes neither the log-probs nor the
+    gradient."""
     model = make_model(method)
-    shared = build_policy(model, tokenizer, config(method))
+    shared = build_policy(model, tokenizer, method, config())
     full = (LatentActionPolicy(model, tokenizer, share_prompt=False) if method == "cola"
             else TokenPolicy(model, tokenizer, share_prompt=False))
     params = shared.trainable_parameters()
     prompts = [ex["prompt"] for ex in PROMPTS[:3]]
-    rollout = shared.rollout(prompts, group_size=4, max_new_tokens=5, generator=torch.Generator().manual_seed(2))
-    unshared = full.rollout(prompts, group_size=4, max_new_tokens=5, generator=torch.Generator().manual_seed(2))
+    rollout = shared.rollout(prompts, group_size=4, max_new_tokens=5,
+                             generator=torch.Generator().manual_seed(2))
+    unshared = full.rollout(prompts, group_size=4, max_new_tokens=5,
+                            generator=torch.Generator().manual_seed(2))
     assert torch.equal(rollout.sequences, unshared.sequences)  # the shared prefill samples the same tokens
 
     grads = []
@@ -215,8 +234,7 @@ def test_shared_prompt_scoring_gives_the_full_forward_values_and_gradients(token
 @pytest.mark.parametrize("method", ["cola", "token"])
 def test_grpo_learns_a_toy_reward_deterministically(tokenizer, method: str) -> None:
     def run() -> GRPOTrainer:
-        cfg = config(method, steps=30)
-        trainer = GRPOTrainer(build_policy(make_model(method), tokenizer, cfg), cfg, PROMPTS, toy_reward)
+        trainer = make_trainer(method, tokenizer, steps=30)
         trainer.train()
         return trainer
 
@@ -227,13 +245,16 @@ def test_grpo_learns_a_toy_reward_deterministically(tokenizer, method: str) -> N
 
 
 def test_stats_and_time_to_threshold(tokenizer) -> None:
-    cfg = config("token", steps=15, reward_threshold=0.5, threshold_kind="absolute", threshold_hold=0, log_every=5)
-    trainer = GRPOTrainer(build_policy(tiny_base(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
     logs: list[tuple[int, dict]] = []
-    summary = trainer.train(on_log=lambda step, stats: logs.append((step, stats)))
+    trainer = make_trainer("token", tokenizer, steps=15, reward_threshold=0.5, threshold_kind="absolute",
+                           threshold_hold=0, log_every=5,
+                           on_log=lambda step, stats: logs.append((step, stats)))
+    trainer.train()
+    summary = trainer.summary()
     assert [step for step, _ in logs] == [5, 10, 15]
-    keys = {"reward_mean", "reward_std", "groups_with_signal", "kl", "entropy", "clip_fraction", "response_length",
-            "tokens_per_second", "seconds_generation", "seconds_update", "seconds_per_step", "lr", "grad_norm"}
+    keys = {"reward_mean", "reward_std", "groups_with_signal", "kl", "entropy", "clip_fraction",
+            "response_length", "tokens_per_second", "seconds_generation", "seconds_update",
+            "seconds_per_step", "lr", "grad_norm"}
     assert keys <= logs[-1][1].keys()
     history = trainer.reward_history
     first = next(i + 1 for i in range(9, len(history)) if sum(history[i - 9 : i + 1]) / 10 >= 0.5)
@@ -242,15 +263,18 @@ def test_stats_and_time_to_threshold(tokenizer) -> None:
     assert summary["threshold_at_start"] == float(first == 10) and summary["reward_threshold"] == 0.5
 
     # A threshold the start model already meets is flagged: that run measured no learning speed.
-    low = config("token", steps=10, reward_threshold=-1.0, threshold_kind="absolute", threshold_hold=0)
-    summary = GRPOTrainer(build_policy(tiny_base(), tokenizer, low), low, PROMPTS, toy_reward).train()
+    low = make_trainer("token", tokenizer, steps=10, reward_threshold=-1.0, threshold_kind="absolute",
+                       threshold_hold=0)
+    low.train()
+    summary = low.summary()
     assert summary["threshold_step"] == 10 and summary["threshold_at_start"] == 1.0
 
 
 def test_gain_threshold_counts_a_rise_over_the_runs_own_start(tokenizer) -> None:
-    cfg = config("token", steps=20, reward_threshold=0.1, threshold_kind="gain", threshold_hold=0)
-    trainer = GRPOTrainer(build_policy(tiny_base(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
-    summary = trainer.train()
+    trainer = make_trainer("token", tokenizer, steps=20, reward_threshold=0.1, threshold_kind="gain",
+                           threshold_hold=0)
+    trainer.train()
+    summary = trainer.summary()
     history = trainer.reward_history
     start = sum(history[:10]) / 10
     windows = {i + 1: sum(history[i - 9 : i + 1]) / 10 for i in range(10, len(history))}
@@ -258,16 +282,16 @@ def test_gain_threshold_counts_a_rise_over_the_runs_own_start(tokenizer) -> None
     assert summary["threshold_target"] == pytest.approx(start + 0.1)
     assert summary["threshold_step"] == first > 10 and summary["threshold_at_start"] == 0.0
     # Even a zero rise is not "reached at the start": the first window only fixes the start.
-    flat = config("token", steps=10, reward_threshold=0.0, threshold_kind="gain")
-    summary = GRPOTrainer(build_policy(tiny_base(), tokenizer, flat), flat, PROMPTS, toy_reward).train()
+    flat = make_trainer("token", tokenizer, steps=10, reward_threshold=0.0, threshold_kind="gain")
+    flat.train()
+    summary = flat.summary()
     assert summary["threshold_reached"] == 0.0 and "threshold_step" not in summary
 
 
 def test_kl_in_loss_with_group_advantages_and_several_epochs(tokenizer) -> None:
-    cfg = config("cola", steps=3, kl_in="loss", kl_estimator="k3", advantage_mode="group", ppo_epochs=2,
-                 kl_coef=0.1)
-    trainer = GRPOTrainer(build_policy(tiny_cola(), tokenizer, cfg), cfg, PROMPTS, toy_reward)
-    stats = trainer.step()
+    trainer = make_trainer("cola", tokenizer, steps=3, kl_in="loss", kl_estimator="k3",
+                           advantage_mode="group", ppo_epochs=2, kl_coef=0.1)
+    stats = trainer.advance()
     assert stats["kl"] >= 0  # k3 is non-negative
     # The second epoch re-uses the rollout after one update: the ratio has moved away from 1.
     assert stats["ratio_mean"] != 1.0
@@ -279,32 +303,50 @@ def test_kl_in_loss_with_group_advantages_and_several_epochs(tokenizer) -> None:
 @pytest.mark.parametrize("method", ["cola", "token"])
 def test_resume_from_checkpoint_state_is_bit_exact(tokenizer, method: str) -> None:
     def trainer_for() -> GRPOTrainer:
-        cfg = config(method, steps=4, warmup_steps=1)
-        return GRPOTrainer(build_policy(make_model(method), tokenizer, cfg), cfg, PROMPTS, toy_reward)
+        return make_trainer(method, tokenizer, steps=4, warmup_steps=1, reward_threshold=0.0)
 
     straight = trainer_for()
     straight.train()
 
     first = trainer_for()
     first.train(steps=2)
-    tensors, meta = first.checkpoint_state()
+    tensors, meta = first.state()
     resumed = trainer_for()
-    resumed.load_checkpoint_state(tensors, meta)
+    resumed.load_state(tensors, meta)
     resumed.train()
     assert resumed.reward_history == straight.reward_history
     assert all(torch.equal(a, b) for a, b in zip(resumed.params, straight.params, strict=True))
+    assert resumed.summary() | {"train_seconds": 0} == straight.summary() | {"train_seconds": 0}
+
+
+@pytest.mark.parametrize("method", ["cola", "token"])
+def test_a_killed_run_resumes_from_its_checkpoint_folder(tokenizer, method: str, tmp_path) -> None:
+    """Through the training core's checkpoint files, as the rl stage resumes after a kill."""
+    straight = make_trainer(method, tokenizer, steps=6, warmup_steps=1, log_every=2)
+    straight.train()
+    killed = make_trainer(method, tokenizer, steps=6, warmup_steps=1, log_every=2, checkpoint_dir=tmp_path)
+    killed.cfg = dataclasses.replace(killed.cfg, checkpoint_every=3)
+    killed.train(steps=4)  # checkpoint at step 3, then "killed"
+    logs = []
+    resumed = make_trainer(method, tokenizer, steps=6, warmup_steps=1, log_every=2, checkpoint_dir=tmp_path,
+                           on_log=lambda step, stats: logs.append(step))
+    resumed.train()
+    assert logs == [2, 4, 6]  # the restored curve is replayed, then training goes on
+    assert resumed.reward_history == straight.reward_history
+    assert all(torch.equal(a, b) for a, b in zip(resumed.params, straight.params, strict=True))
+    assert not list(tmp_path.iterdir())  # emptied once done
 
 
 # --------------------------------------------------------------------------------------------- config
 
 
 def test_config_is_documented_and_validated() -> None:
-    assert missing_help(GRPOConfig) == []
-    cfg = from_dict(GRPOConfig, {"method": "token", "lr": 5e-5, "reward_threshold": 0.3}, "rl")
-    assert cfg.method == "token" and cfg.reward_threshold == 0.3 and cfg.group_size == 8
+    assert missing_help(RLConfig) == []
+    cfg = from_dict(RLConfig, {"lr": 5e-5, "tasks": {"math": {"reward_threshold": 0.3}}}, "rl")
+    assert cfg.lr == 5e-5 and cfg.task("math").reward_threshold == 0.3 and cfg.group_size == 8
     with pytest.raises(ParamsError, match="kl_in='reward' needs advantage_mode='gae'"):
-        from_dict(GRPOConfig, {"advantage_mode": "group"}, "rl")
+        from_dict(RLConfig, {"advantage_mode": "group"}, "rl")
     with pytest.raises(ParamsError, match="rl.group_size"):
-        from_dict(GRPOConfig, {"group_size": 1}, "rl")
+        from_dict(RLConfig, {"group_size": 1}, "rl")
     with pytest.raises(ParamsError, match="rl.kl_estimator"):
-        from_dict(GRPOConfig, {"kl_estimator": "k4"}, "rl")
+        from_dict(RLConfig, {"kl_estimator": "k4"}, "rl")

@@ -1,4 +1,5 @@
-"""Evaluation loops on real tiny models saved as pipeline folders: scoring, accuracy, perplexity, diversity, probe."""
+"""Evaluation loops on real tiny models saved as pipeline folders: scoring, accuracy, perplexity, diversity,
+probe."""
 
 from __future__ import annotations
 
@@ -10,11 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from cola.base.tiny import TinyBaseConfig, build_tiny_base, save_hf_folder
-from cola.data.tasks import make_examples
-from cola.eval import harness as H
+from cola.base.tiny import build_tiny_base
+from cola.config import TinyBaseConfig
+from cola.eval.context import EvalContext, EvalError, headline_metrics
+from cola.eval.generate import generate_texts
+from cola.eval.perplexity import perplexity
+from cola.eval.probes import action_following_probe, semantic_diversity_eval
+from cola.eval.runner import known_tasks, run_task
+from cola.eval.scoring import binomial_stderr, task_accuracy
 from cola.model import CoLAForCausalLM
-from cola.model.checkpoint import load_model_and_tokenizer
+from cola.model.checkpoint import load_model_and_tokenizer, save_hf_folder
+from cola.tasks import scorer
+from cola.tasks.procedural import make_examples
 
 TASKS = ("arith", "wordprob", "countdown", "spell", "wrev")
 NUM_ACTIONS = 8
@@ -66,46 +74,47 @@ def _example(task: str) -> dict:
 @pytest.mark.parametrize("task", ["arith", "wordprob"])
 def test_math_tasks_grade_the_last_box(task: str) -> None:
     ex = _example(task)
-    assert H.score(task, ex, ex["completion"])
-    assert H.score(task, ex, f" \\boxed{{0}} so \\boxed{{{ex['answer']}}}")  # the last box counts
-    assert not H.score(task, ex, f" \\boxed{{{int(ex['answer']) + 1}}}")  # wrong
-    assert not H.score(task, ex, f" \\boxed{{{ex['answer']}")  # malformed: unbalanced box
-    assert not H.score(task, ex, f" {ex['answer']}")  # missing box
-    assert H.format_ok(task, ex["completion"]) and not H.format_ok(task, f" {ex['answer']}")
+    assert scorer(task).score(ex, ex["completion"])
+    assert scorer(task).score(ex, f" \\boxed{{0}} so \\boxed{{{ex['answer']}}}")  # the last box counts
+    assert not scorer(task).score(ex, f" \\boxed{{{int(ex['answer']) + 1}}}")  # wrong
+    assert not scorer(task).score(ex, f" \\boxed{{{ex['answer']}")  # malformed: unbalanced box
+    assert not scorer(task).score(ex, f" {ex['answer']}")  # missing box
+    assert scorer(task).format_ok(ex["completion"]) and not scorer(task).format_ok(f" {ex['answer']}")
 
 
 def test_any_example_with_a_math_answer_is_graded_by_equivalence() -> None:
     example = {"problem": "What is 1/2?", "answer": "\\frac{1}{2}"}
-    assert H.score("math500", example, "so \\boxed{0.5}")
-    assert not H.score("math500", example, "so \\boxed{0.6}")
+    assert scorer("math500").score(example, "so \\boxed{0.5}")
+    assert not scorer("math500").score(example, "so \\boxed{0.6}")
 
 
 @pytest.mark.parametrize("task", ["spell", "wrev"])
 def test_copy_tasks_need_an_exact_boxed_copy(task: str) -> None:
     ex = _example(task)
     answer = ex["answer"]
-    assert H.score(task, ex, ex["completion"])
-    assert H.score(task, ex, f" \\boxed{{  {answer} }}")  # surrounding whitespace is stripped
-    assert not H.score(task, ex, f" \\boxed{{{answer.upper()}x}}")  # wrong
-    assert not H.score(task, ex, f" \\boxed{{{answer}")  # malformed
-    assert not H.score(task, ex, f" {answer}")  # missing box
+    assert scorer(task).score(ex, ex["completion"])
+    assert scorer(task).score(ex, f" \\boxed{{  {answer} }}")  # surrounding whitespace is stripped
+    assert not scorer(task).score(ex, f" \\boxed{{{answer.upper()}x}}")  # wrong
+    assert not scorer(task).score(ex, f" \\boxed{{{answer}")  # malformed
+    assert not scorer(task).score(ex, f" {answer}")  # missing box
 
 
 def test_countdown_checks_numbers_target_and_format() -> None:
     ex = _example("countdown")
     a, b, c = ex["numbers"]
-    assert H.score("countdown", ex, ex["completion"])
-    assert H.format_ok("countdown", ex["completion"])
-    assert not H.score("countdown", ex, f" <think> x </think> <answer>{a}+{b}</answer>")  # misses a number
-    assert not H.score("countdown", ex, f" <answer>{a}+{b}+</answer>")  # malformed expression
-    assert not H.score("countdown", ex, f" {ex['answer']}")  # no answer tag
-    assert not H.format_ok("countdown", f" <answer>{ex['answer']}</answer>")  # no think block
-    assert not H.format_ok("countdown", ex["completion"] + " and more")  # trailing text
+    countdown = scorer("countdown")
+    assert countdown.score(ex, ex["completion"])
+    assert countdown.format_ok(ex["completion"])
+    assert not countdown.score(ex, f" <think> x </think> <answer>{a}+{b}</answer>")  # misses a number
+    assert not countdown.score(ex, f" <answer>{a}+{b}+</answer>")  # malformed expression
+    assert not countdown.score(ex, f" {ex['answer']}")  # no answer tag
+    assert not countdown.format_ok(f" <answer>{ex['answer']}</answer>")  # no think block
+    assert not countdown.format_ok(ex["completion"] + " and more")  # trailing text
 
 
 def test_binomial_stderr() -> None:
-    assert H.binomial_stderr(0.25, 300) == pytest.approx(math.sqrt(0.25 * 0.75 / 300))
-    assert H.binomial_stderr(0.0, 10) == 0.0
+    assert binomial_stderr(0.25, 300) == pytest.approx(math.sqrt(0.25 * 0.75 / 300))
+    assert binomial_stderr(0.0, 10) == 0.0
 
 
 # --------------------------------------------------------------------------------------------- generation
@@ -115,8 +124,8 @@ def test_binomial_stderr() -> None:
 def test_batched_generation_matches_one_prompt_at_a_time(assets: dict, kind: str) -> None:
     prompts = [ex["prompt"] for ex in assets["examples"]["countdown"][:2] + assets["examples"]["arith"][:2]]
     opts = dict(kind=kind, max_new_tokens=6, stop_at_eos=False)
-    batched = H.generate_texts(assets[kind], assets["tokenizer"], prompts, batch_size=4, **opts)
-    single = H.generate_texts(assets[kind], assets["tokenizer"], prompts, batch_size=1, **opts)
+    batched = generate_texts(assets[kind], assets["tokenizer"], prompts, batch_size=4, **opts)
+    single = generate_texts(assets[kind], assets["tokenizer"], prompts, batch_size=1, **opts)
     assert [r["token_ids"] for r in batched] == [r["token_ids"] for r in single]
     assert [r["prompt"] for r in batched] == prompts
     for record in batched:
@@ -131,7 +140,7 @@ def test_seeded_sampling_is_reproducible(assets: dict) -> None:
     prompts = [ex["prompt"] for ex in assets["examples"]["spell"][:3]]
     for kind, opts in (("cola", dict(action_mode="sample")), ("base", dict(token_sampling=True))):
         runs = [
-            H.generate_texts(
+            generate_texts(
                 assets[kind],
                 assets["tokenizer"],
                 prompts,
@@ -148,7 +157,7 @@ def test_seeded_sampling_is_reproducible(assets: dict) -> None:
 
 def test_task_accuracy_records_and_stderr(assets: dict) -> None:
     examples = assets["examples"]["arith"]
-    result = H.task_accuracy(
+    result = task_accuracy(
         assets["cola"],
         assets["tokenizer"],
         "cola",
@@ -159,11 +168,11 @@ def test_task_accuracy_records_and_stderr(assets: dict) -> None:
         progress=False,
     )
     assert result["n"] == 5 and len(result["records"]) == 5
-    assert result["stderr"] == pytest.approx(H.binomial_stderr(result["accuracy"], 5))
+    assert result["stderr"] == pytest.approx(binomial_stderr(result["accuracy"], 5))
     assert 0.0 <= result["format_rate"] <= 1.0
     for i, record in enumerate(result["records"]):
         assert record["index"] == i and record["answer"] == examples[i]["answer"]
-        assert record["correct"] == H.score("arith", examples[i], record["completion"])
+        assert record["correct"] == scorer("arith").score(examples[i], record["completion"])
         assert len(record["actions"]) <= 4
     assert result["accuracy"] == sum(r["correct"] for r in result["records"]) / 5
 
@@ -173,8 +182,8 @@ def test_task_accuracy_records_and_stderr(assets: dict) -> None:
 
 def test_perplexity_keys_and_usage(assets: dict) -> None:
     tok, lines = assets["tokenizer"], assets["lines"]
-    cola = H.perplexity(assets["cola"], tok, "cola", lines, seq_len=64, batch_size=4)
-    base = H.perplexity(assets["base"], tok, "base", lines, seq_len=64, batch_size=4)
+    cola = perplexity(assets["cola"], tok, "cola", lines, seq_len=64, batch_size=4)
+    base = perplexity(assets["base"], tok, "base", lines, seq_len=64, batch_size=4)
     for key in (
         "base_loss",
         "wm_loss_idm",
@@ -200,7 +209,7 @@ def test_perplexity_keys_and_usage(assets: dict) -> None:
 def test_policy_marginal_loss_equals_a_direct_sum_over_actions(assets: dict) -> None:
     model, tok = assets["cola"], assets["tokenizer"]
     line = assets["lines"][0]
-    result = H.perplexity(model, tok, "cola", [line], seq_len=256)
+    result = perplexity(model, tok, "cola", [line], seq_len=256)
     ids = torch.tensor([[tok.eos_token_id, *tok(line, add_special_tokens=False)["input_ids"]]])
     with torch.no_grad():
         h, _ = model.base_hidden(ids)
@@ -213,35 +222,35 @@ def test_policy_marginal_loss_equals_a_direct_sum_over_actions(assets: dict) -> 
     assert result["n_tokens"] == ids.shape[1] - 1
     assert result["wm_loss_policy_marginal"] == pytest.approx(float(-p.log().mean()), rel=1e-5)
     # and at one position on its own: a 2-token stream ("EOS x") has exactly one target
-    first = H.perplexity(model, tok, "cola", [line], max_tokens=2)
+    first = perplexity(model, tok, "cola", [line], max_tokens=2)
     assert first["n_tokens"] == 1
     assert first["wm_loss_policy_marginal"] == pytest.approx(float(-p[0].log()), rel=1e-5)
 
 
-# --------------------------------------------------------------------------------------------- diversity, probe
+# ------------------------------------------------------------------------------------------- diversity, probe
 
 
 def test_semantic_diversity_eval_methods(assets: dict) -> None:
     prefixes = [ex["prompt"] for ex in assets["examples"]["wrev"][:2]]
-    result = H.semantic_diversity_eval(assets["cola"], assets["tokenizer"], "cola", prefixes, m=3, length=6)
+    result = semantic_diversity_eval(assets["cola"], assets["tokenizer"], "cola", prefixes, m=3, length=6)
     assert set(result) == {"latent_random", "token_sampling", "random_tokens"}
     for method in result.values():
         assert method["n_groups"] == 2 and method["group_size"] == 3 and len(method["examples"]) == 3
         assert 0 < method["qd"] and -1 <= method["mean_similarity"] <= 1
-    base = H.semantic_diversity_eval(assets["base"], assets["tokenizer"], "base", prefixes, m=2, length=4)
+    base = semantic_diversity_eval(assets["base"], assets["tokenizer"], "base", prefixes, m=2, length=4)
     assert set(base) == {"token_sampling", "random_tokens"}
 
 
 def test_action_following_probe(assets: dict) -> None:
     prefixes = [ex["prompt"] for ex in assets["examples"]["arith"][:3]]
-    weak = H.action_following_probe(assets["cola"], assets["tokenizer"], prefixes, length=5)
+    weak = action_following_probe(assets["cola"], assets["tokenizer"], prefixes, length=5)
     assert weak["actions"] == [0, 1, 2, 3] and weak["n_prefixes"] == 3
     assert 0 <= weak["distinct_rate"] <= 1 and 1 <= weak["mean_distinct"] <= 4
     # A codebook scaled up makes the action dominate the merged state: continuations must split apart.
     strong_model = copy.deepcopy(assets["cola"])
     with torch.no_grad():
         strong_model.action_codebook.weight.mul_(200.0)
-    strong = H.action_following_probe(strong_model, assets["tokenizer"], prefixes, length=5)
+    strong = action_following_probe(strong_model, assets["tokenizer"], prefixes, length=5)
     assert strong["next_token_tv"] > weak["next_token_tv"]
     assert strong["mean_distinct"] > 1
 
@@ -249,8 +258,8 @@ def test_action_following_probe(assets: dict) -> None:
 # --------------------------------------------------------------------------------------------- dispatch
 
 
-def _ctx(assets: dict, kind: str, **kw) -> H.EvalContext:
-    return H.EvalContext(
+def _ctx(assets: dict, kind: str, **kw) -> EvalContext:
+    return EvalContext(
         model_path=str(assets["root"] / kind),
         model=assets[kind],
         tokenizer=assets["tokenizer"],
@@ -262,21 +271,21 @@ def _ctx(assets: dict, kind: str, **kw) -> H.EvalContext:
 
 
 def test_run_task_dispatch_and_errors(assets: dict) -> None:
-    result = H.run_task("countdown", _ctx(assets, "base", limit=2))
+    result = run_task("countdown", _ctx(assets, "base", limit=2))
     assert result["n"] == 2
-    assert H.known_tasks(assets["root"] / "data", "test") == [
+    assert known_tasks(assets["root"] / "data", "test") == [
         *sorted(TASKS),
         "perplexity",
         "diversity",
         "probe",
     ]
-    with pytest.raises(H.EvalError, match=r"unknown task 'nope'.*known: arith, countdown"):
-        H.run_task("nope", _ctx(assets, "cola"))
-    with pytest.raises(H.EvalError, match="needs a CoLA model"):
-        H.run_task("probe", _ctx(assets, "base"))
-    assert H.run_task("perplexity", _ctx(assets, "cola", limit=3))["n_tokens"] > 0
+    with pytest.raises(EvalError, match=r"unknown task 'nope'.*known: arith, countdown"):
+        run_task("nope", _ctx(assets, "cola"))
+    with pytest.raises(EvalError, match="needs a CoLA model"):
+        run_task("probe", _ctx(assets, "base"))
+    assert run_task("perplexity", _ctx(assets, "cola", limit=3))["n_tokens"] > 0
 
 
 def test_headline_metrics_flattens_numbers_only() -> None:
-    flat = H.headline_metrics({"a": {"qd": 1.5, "examples": ["x"]}, "n": 3, "records": [], "ok": True})
+    flat = headline_metrics({"a": {"qd": 1.5, "examples": ["x"]}, "n": 3, "records": [], "ok": True})
     assert flat == {"a/qd": 1.5, "n": 3}

@@ -1,4 +1,5 @@
-"""lm-evaluation-harness integration: the `cola` model, the task YAMLs in evals/, and the lm_eval CLI (offline)."""
+"""lm-evaluation-harness integration: the `cola` model, the task YAMLs in evals/, and the lm_eval CLI
+(offline)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,17 @@ from cola.model.checkpoint import CheckpointError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MATH500 = REPO.parent / "shared" / "data" / "math500" / "test.jsonl"
-PAPER_PROMPT = "User: Please reason step by step, and put your final answer within \\boxed{{}}.\n\n{}\nAssistant: "
+PAPER_PROMPT = ("User: Please reason step by step, and put your final answer within \\boxed{{}}.\n\n"
+                "{}\nAssistant: ")
 
 
 @pytest.fixture(scope="module")
 def cola_dir(tmp_path_factory) -> Path:
     """A tiny CoLA checkpoint folder with its tokenizer (random weights; only the plumbing is under test)."""
-    from cola.base.tiny import TinyBaseConfig, build_tiny_base, save_hf_folder
+    from cola.base.tiny import build_tiny_base
+    from cola.config import TinyBaseConfig
     from cola.model import CoLAForCausalLM
+    from cola.model.checkpoint import save_hf_folder
 
     lines = ["Q: Calculate 3 + 4. A: \\boxed{7}", "User: Please reason step by step.\nAssistant: ",
              "Convert the point $(0,3)$ to polar coordinates $(r,\\theta)$."] * 4
@@ -53,7 +57,8 @@ def math500_file(tmp_path) -> Path:
     if not MATH500.is_file():
         pytest.skip(f"{MATH500} not available")
     path = tmp_path / "math500.jsonl"
-    path.write_text("".join(MATH500.read_text(encoding="utf-8").splitlines(keepends=True)[:5]), encoding="utf-8")
+    path.write_text("".join(MATH500.read_text(encoding="utf-8").splitlines(keepends=True)[:5]),
+                    encoding="utf-8")
     return path
 
 
@@ -119,11 +124,12 @@ def test_documented_override_of_the_hub_task(lm, math500_file, tmp_path):
 
 def test_procedural_group_and_scorers(lm, tmp_path):
     pytest.importorskip("reasoning_gym")
-    from cola.data.tasks import TASKS, make_examples
+    from cola.tasks import TASK_NAMES
+    from cola.tasks.procedural import make_examples
 
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
-    examples = {task: make_examples(task, 3, seed=0) for task in TASKS}
+    examples = {task: make_examples(task, 3, seed=0) for task in TASK_NAMES}
     for task, rows in examples.items():
         (tasks_dir / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -144,15 +150,19 @@ def test_procedural_group_and_scorers(lm, tmp_path):
         for row in rows:
             assert scorer[task](row, [row["completion"]])["exact_match"] == 1, (task, row)
             assert scorer[task](row, [" \\boxed{zz} <answer>1+1</answer>"])["exact_match"] == 0
-    assert utils.process_countdown(examples["countdown"][0], [examples["countdown"][0]["completion"]])["format"]
+    assert utils.process_countdown(examples["countdown"][0],
+                                   [examples["countdown"][0]["completion"]])["format"]
     # Retention answers are strings, not algebra: an anagram is wrong (SymPy would call cat == act).
-    assert utils.process_exact_boxed({"answer": "cat"}, [" \\boxed{act}"])["exact_match"] == 0
+    # (the scorer finds the task's check by the doc's `task`, a field of every prepared example)
+    anagram = {"task": "spell", "answer": "cat"}
+    assert utils.process_exact_boxed(anagram, [" \\boxed{act}"])["exact_match"] == 0
     assert utils.process_math({"answer": "\\frac{1}{2}"}, ["so \\boxed{0.5}"])["exact_match"] == 1
 
 
 def test_loglikelihood_off_by_one(lm):
     """Logits at position t score token t + 1: compare with one direct forward of context + continuation."""
-    requests = [("Q: Calculate 3 + 4. A:", " \\boxed{7}"), ("Convert the point", " (0,3)"), ("", "hello there")]
+    requests = [("Q: Calculate 3 + 4. A:", " \\boxed{7}"), ("Convert the point", " (0,3)"),
+                ("", "hello there")]
     got = lm.loglikelihood([Instance("loglikelihood", {}, args, i) for i, args in enumerate(requests)])
     eos = lm.tokenizer.eos_token_id
     for (context, continuation), (score, greedy) in zip(requests, got, strict=True):
@@ -184,7 +194,8 @@ def test_loglikelihood_off_by_one(lm):
 
 
 def test_loglikelihood_rolling_windows(lm, monkeypatch):
-    """Over max_length, each window is scored separately; compare with direct forwards of the harness's windows."""
+    """Over max_length, each window is scored separately; compare with direct forwards of the harness's
+    windows."""
     from lm_eval.utils import get_rolling_token_windows
 
     text = " ".join(["Convert the point"] * 30)
@@ -208,7 +219,8 @@ def test_generate_until_stops_segments_and_sampling(lm, monkeypatch):
     free = lm.generate_until([_gen(p, until=["@@@"], max_gen_toks=12, do_sample=False) for p in prompts])
     # Segmented decoding (stop checks every 3 tokens) gives exactly the uninterrupted greedy output.
     monkeypatch.setattr(lm, "stop_check_every", 3)
-    assert lm.generate_until([_gen(p, until=["@@@"], max_gen_toks=12, do_sample=False) for p in prompts]) == free
+    assert lm.generate_until([_gen(p, until=["@@@"], max_gen_toks=12, do_sample=False)
+                              for p in prompts]) == free
     # A stop string cuts the text at its first occurrence.
     # A stop string taken from the output (no U+FFFD: random weights emit partial UTF-8 byte sequences).
     stop = next(free[0][i:i + 2] for i in range(2, len(free[0]) - 1) if "\ufffd" not in free[0][i:i + 2])
@@ -247,13 +259,14 @@ def test_lm_eval_cli_offline(cola_dir, math500_file, tmp_path):
            "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     common = ["--model", "cola", "--model_args", f"pretrained={cola_dir}", "--device", "cpu", "--limit", "2",
               "--gen_kwargs", "max_gen_toks=4", "--metadata", f"math500_path={math500_file}", "--log_samples"]
-    by_name = [sys.executable, "-m", "cola.eval.lm_eval_model", "run", *common, "--tasks", "cola_math500_local",
-               "--include_path", str(EVALS_DIR), "--output_path", str(tmp_path / "by_name")]
+    by_name = [sys.executable, "-m", "cola.eval.lm_eval_model", "run", *common,
+               "--tasks", "cola_math500_local", "--include_path", str(EVALS_DIR),
+               "--output_path", str(tmp_path / "by_name")]
     lm_eval_bin = Path(sys.executable).with_name("lm_eval")
     by_path = [str(lm_eval_bin), "run", *common, "--tasks", str(EVALS_DIR / "cola_math500_local.yaml"),
                "--output_path", str(tmp_path / "by_path")]
-    procs = {name: subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True)
+    procs = {name: subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
              for name, cmd in (("by_name", by_name), ("by_path", by_path))}
     for name, proc in procs.items():
         output, _ = proc.communicate(timeout=240)

@@ -1,4 +1,4 @@
-"""Tests for cola.eval.math_grader: hand cases for each normalisation rule plus MATH-500 consistency."""
+"""Tests for cola.tasks.math_grader: hand cases for each normalisation rule plus MATH-500 consistency."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cola.eval import math_grader
-from cola.eval.math_grader import extract_boxed, grade, is_equiv, normalize_answer
+from cola.tasks import math_grader
+from cola.tasks.math_grader import extract_boxed, grade, is_equiv, normalize_answer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MATH500 = REPO_ROOT / ".." / "shared" / "data" / "math500" / "test.jsonl"

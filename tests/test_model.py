@@ -99,7 +99,8 @@ def test_each_stage_trains_exactly_its_groups(arch, stage, head):
         if group in EXPECTED_GROUPS[stage]:
             assert names & changed, f"{stage}: trainable group {group} did not change"
         else:
-            assert not names & changed, f"{stage}: frozen group {group} changed: {sorted(names & changed)[:3]}"
+            assert not names & changed, \
+                f"{stage}: frozen group {group} changed: {sorted(names & changed)[:3]}"
 
 
 def test_fta_p_paper_head_reaches_base_only_through_minus_h():
@@ -113,8 +114,8 @@ def test_fta_p_paper_head_reaches_base_only_through_minus_h():
     (grad_full,) = torch.autograd.grad(logits.square().sum(), h)
     h2 = h.detach().requires_grad_(True)
     with torch.no_grad():
-        normed = model.final_norm(model.merge_blocks[1](model.merge_blocks[0](h2, model.action_embedding(actions)),
-                                                        model.action_embedding(actions)))
+        normed = model.final_norm(model.merge_blocks[1](
+            model.merge_blocks[0](h2, model.action_embedding(actions)), model.action_embedding(actions)))
     (grad_minus_h,) = torch.autograd.grad(model.lm_head(normed - h2).square().sum(), h2)
     torch.testing.assert_close(grad_full, grad_minus_h)
 

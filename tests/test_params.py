@@ -11,10 +11,8 @@ from typing import Literal
 
 import pytest
 
-from cola.errors import ColaError
-from cola.params import (
+from cola.config import (
     ParamsError,
-    cli_main,
     flatten,
     from_dict,
     help_table,
@@ -22,6 +20,7 @@ from cola.params import (
     load_section,
     missing_help,
 )
+from cola.errors import ColaError, cli_main
 
 
 @dataclass
@@ -201,7 +200,7 @@ def test_cli_main_in_a_process_prints_no_traceback(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("latent:\n  lr: -0.001\n")
     code = (
         "from dataclasses import dataclass, field\n"
-        "from cola.params import cli_main, load_section\n"
+        "from cola.config import load_section\nfrom cola.errors import cli_main\n"
         "@dataclass\n"
         "class C:\n"
         "    lr: float = field(default=1e-3, metadata={'help': 'lr', 'min': 0, 'exclusive_min': True})\n"

@@ -6,14 +6,16 @@ import math
 
 import pytest
 
-from cola.eval.harness import binomial_stderr, score_samples
 from cola.eval.sampling_metrics import (
     majority_index,
-    math_vote_key,
     pass_at_k,
     powers_of_two,
     sampling_summary,
 )
+from cola.eval.scoring import binomial_stderr, score_samples
+from cola.tasks import TASKS
+
+math_vote_key = TASKS["arith"].vote_key  # BoxedMathTask.vote_key: the normalised last boxed answer
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """End to end: the real DVC pipeline with micro params in a temporary git repository, tracked in MLflow.
 
-The two DVC tests share one project and run in order. The first runs the DAG up to `evaluate`, then
+The project runs the `smoke` profile (configs/profiles/smoke.yaml: micro budgets, every stage in seconds). The
+two DVC tests share one project and run in order. The first runs the DAG up to `evaluate`, then
 `dvc exp run -S latent.lr=...` of it (only `latent` and what depends on it re-run; the new value is logged to
 MLflow). The second runs the rest of the DAG, whose report must have every row filled; a second `dvc repro` is
 a no-op; `dvc exp run -S rl.lr=...` re-runs only the RL runs, the evaluation (re-scoring only RL models) and
@@ -11,7 +12,6 @@ Each stage execution costs ~15 s of Python and MLflow start-up on 2 cores, so th
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import shutil
@@ -22,35 +22,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cola.pipeline import PipelineParams
+from cola.config.profiles import merged_profile
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def micro_params() -> dict:
-    p = dataclasses.asdict(PipelineParams())
-    p["prepare"].update(n_train={"arith": 400, "wordprob": 200, "countdown": 100, "spell": 200, "wrev": 200},
-                        n_val=20, n_test=30)
-    p["base"]["tiny"].update(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                             intermediate_size=64, max_position_embeddings=256)
-    small = dict(steps=12, batch_size=8, seq_len=32, warmup_steps=2, log_every=4, checkpoint_every=5, threads=1)
-    p["base"].update(small, val_tokens=512)
-    p["latent"].update(small, val_tokens=512)
-    p["latent"]["cola"].update(num_actions=8)
-    p["bc"].update(small, val_tokens=512)
-    p["evaluate"].update(limit=8, max_new_tokens=12, batch_size=8, perplexity_tokens=256, diversity_prefixes=3,
-                         diversity_samples=3, diversity_length=6, probe_prefixes=3, threads=1)
-    tune = dict(steps=6, batch_size=8, seq_len=64, warmup_steps=1, log_every=2, checkpoint_every=4, threads=1)
-    p["fta"].update(tune)
-    p["sft"].update(tune)
-    p["rl"].update(steps=4, prompts_per_step=2, group_size=2, warmup_steps=1, log_every=2, checkpoint_every=2,
-                   n_prompts=40, threads=1)
-    p["rl"]["tasks"]["math"].update(max_new_tokens=4)
-    p["rl"]["tasks"]["countdown"].update(steps=None, max_new_tokens=6)
-    p["rl_eval"].update(limit=6, max_new_tokens=8, batch_size=8, perplexity_tokens=256, diversity_prompts=2,
-                        diversity_samples=2, threads=1)
-    return p
+    """The smoke profile: the defaults with configs/profiles/smoke.yaml on top."""
+    return merged_profile("smoke", REPO / "configs" / "profiles")
 
 
 RL_RUNS = ("cola-math", "cola-countdown", "token-math", "token-countdown")
@@ -63,7 +43,8 @@ def ran_stages(stdout: str) -> set[str]:
 
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, \
+        f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
@@ -76,7 +57,8 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     (root / "params.yaml").write_text(yaml.safe_dump(micro_params(), sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("COLA_TRACKING", None)
     run(["git", "init", "-q"], root, env)
     run(["dvc", "init", "-q"], root, env)
@@ -98,7 +80,8 @@ def mlflow_runs(env: dict, stage: str):
 
 
 def test_core_dag_and_a_latent_experiment(project):
-    """The DAG up to `evaluate`, then `dvc exp run -S latent.lr=3e-4` of it, then the MLflow runs (≤ 3 min)."""
+    """The DAG up to `evaluate`, then `dvc exp run -S latent.lr=3e-4` of it, then the MLflow runs
+    (≤ 3 min)."""
     root, env = project
     first = run(["dvc", "repro", "evaluate"], root, env)
     assert ran_stages(first.stdout) == set(CORE_STAGES), first.stdout
@@ -120,7 +103,7 @@ def test_core_dag_and_a_latent_experiment(project):
     client, experiment, runs = mlflow_runs(env, "latent")
     assert sorted(r.data.params["latent.lr"] for r in runs) == ["0.0003", "0.002"]
     latest = max(runs, key=lambda r: r.info.start_time)
-    assert latest.data.tags["dvc_exp"] != "workspace" and latest.data.tags["profile"] == "tiny"
+    assert latest.data.tags["dvc_exp"] != "workspace" and latest.data.tags["profile"] == "smoke"
     assert "mlflow.parentRunId" in latest.data.tags
     siblings = client.search_runs([experiment.experiment_id],
                                   f"tags.pipeline_id = '{latest.data.tags['pipeline_id']}'")
@@ -200,17 +183,9 @@ def upstream(stages: dict, name: str) -> set[str]:
 
 def test_the_token_baseline_does_not_depend_on_latent_actions():
     """So `-S latent.lr=...` re-runs only the CoLA side of the comparison (the token side is cached)."""
-    raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    stages = {}
-    for name, spec in raw.items():
-        if "foreach" not in spec:
-            stages[name] = spec
-            continue
-        for key, item in spec["foreach"].items():
-            text = yaml.safe_dump(spec["do"]).replace("${key}", key)
-            for field_name, value in item.items():
-                text = text.replace("${item." + field_name + "}", value)
-            stages[f"rl@{key}"] = yaml.safe_load(text)
+    from tests.test_architecture import dvc_stages
+
+    stages = dvc_stages()
     assert "latent" not in upstream(stages, "rl@token-math") | upstream(stages, "rl@token-countdown")
     assert "sft" in upstream(stages, "rl@token-math")
     assert {"latent", "bc", "fta"} <= upstream(stages, "rl@cola-math")
@@ -229,7 +204,8 @@ def test_invalid_params_stop_the_stage_and_change_nothing(project):
         bad[section][key] = value
         (root / "bad.yaml").write_text(yaml.safe_dump(bad))
         env_bad = {**env, "COLA_PARAMS": str(root / "bad.yaml")}
-        result = subprocess.run([sys.executable, "stages/latent.py"], cwd=root, env=env_bad, capture_output=True,
+        cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["latent"]["cmd"].split()
+        result = subprocess.run([sys.executable, *cmd[1:]], cwd=root, env=env_bad, capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         lines = [line for line in result.stderr.strip().splitlines() if line]

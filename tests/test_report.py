@@ -121,13 +121,19 @@ def _pipeline(root: Path, seeds: list[int] | None = None, skip: tuple[str, ...] 
                                                                      "process_seconds": 70.0}))
 
 
+def _report(root: Path, cfg: ReportConfig, **kwargs):
+    """`build_report` on the folders `_pipeline(root)` wrote (the stage's --evals, --rl-metrics, ...)."""
+    return build_report(cfg, evals_dir=root / "eval_rl", rl_metrics_dir=root / "metrics" / "rl",
+                        rl_curves_dir=root / "plots" / "rl", stage_metrics_dir=root / "metrics", **kwargs)
+
+
 def _section(markdown: str, number: int) -> str:
     return markdown.split(f"## {number}.")[1].split("\n## ")[0]
 
 
 def test_every_row_and_metric_with_standard_errors(tmp_path):
     _pipeline(tmp_path)
-    report = build_report(tmp_path, ReportConfig(), profile="tiny")
+    report = _report(tmp_path, ReportConfig(), profile="tiny")
     assert not report.missing and "Incomplete" not in report.markdown
     table = _section(report.markdown, 1)
     for row in rows():
@@ -154,13 +160,13 @@ def test_every_row_and_metric_with_standard_errors(tmp_path):
 def test_a_zero_standard_error_is_shown_not_dropped(tmp_path):
     _pipeline(tmp_path)
     _write_eval(tmp_path, "base", {"arith": 0.0, "countdown": 0.0, "spell": 0.45, "wrev": 0.8})
-    table = _section(build_report(tmp_path, ReportConfig()).markdown, 1)
+    table = _section(_report(tmp_path, ReportConfig()).markdown, 1)
     assert "| Base | 0.0 ± 0.0 |" in table
 
 
 def test_several_seeds_show_mean_and_spread(tmp_path):
     _pipeline(tmp_path, seeds=[0, 1, 2])
-    report = build_report(tmp_path, ReportConfig(seed_spread="range"))
+    report = _report(tmp_path, ReportConfig(seed_spread="range"))
     assert "3 RL seeds" in report.markdown and "mean ± range over 3 seeds" in report.markdown
     # cola-math arith per seed: 0.20, 0.20 (0.21 * 20 rounds to 4), 0.20 + 0.02 rounds to 0.20 -> spread 0
     table = _section(report.markdown, 1)
@@ -172,8 +178,8 @@ def test_several_seeds_show_mean_and_spread(tmp_path):
 
 def test_missing_inputs_are_listed_not_fatal(tmp_path):
     _pipeline(tmp_path, skip=("token-countdown",))
-    report = build_report(tmp_path, ReportConfig())
-    assert "eval_rl/token-countdown" in report.missing and "Incomplete" in report.markdown
+    report = _report(tmp_path, ReportConfig())
+    assert str(tmp_path / "eval_rl" / "token-countdown") in report.missing and "Incomplete" in report.markdown
     line = next(line for line in _section(report.markdown, 1).splitlines() if "Token-RL (countdown)" in line)
     assert "—" in line
 
@@ -189,11 +195,11 @@ def test_the_grid_matches_dvc_yaml():
     for name, item in rl_entries.items():
         assert name == f"{item['method']}-{item['task']}" and item["start"] == START_MODELS[item["method"]]
         assert item["task"] in RL_TASKS
-    # rl_eval reads every row's model folder: all of them must be its deps.
-    folders = {str(row.folder) for row in rows() if not row.method} | {"models/rl"}
+    # rl_eval reads every row's model folder (relative to its --models folder): all of them must be its deps.
+    folders = {f"models/{row.folder}" for row in rows() if not row.method} | {"models/rl"}
     assert folders <= set(stages["rl_eval"]["deps"])
     assert Row("cola-math", "x", "cola", "math", "fta").split == "arith"
-    assert Row("cola-math", "x", "cola", "math", "fta").folder == Path("models/rl/cola-math")
+    assert Row("cola-math", "x", "cola", "math", "fta").folder == Path("rl/cola-math")
 
 
 def test_time_to_threshold_ratio_pairs_seeds_and_bounds_a_run_that_never_got_there():
@@ -212,7 +218,8 @@ def test_time_to_threshold_ratio_pairs_seeds_and_bounds_a_run_that_never_got_the
     at_start = {**one, "threshold_step": 10.0, "threshold_at_start": 1.0}
     assert math.isnan(time_to_threshold_ratio(at_start, other, "seconds").value)
     assert math.isnan(time_to_threshold_ratio(one, at_start, "seconds").value)
-    assert threshold_cell(at_start).startswith("at the start") and threshold_cell(never) == "not reached in 80 s"
+    assert threshold_cell(at_start).startswith("at the start")
+    assert threshold_cell(never) == "not reached in 80 s"
     assert threshold_cell(one) == "40 / 12"
     # Several seeds: paired by seed, only where both reached; mean ± sd.
     three = aggregate({0: one, 1: {**one, "threshold_seconds": 18.0}, 2: never})
@@ -228,7 +235,7 @@ def test_the_report_states_the_time_to_threshold_ratio(tmp_path):
     metrics = tmp_path / "metrics" / "rl" / "cola-countdown.json"
     metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "threshold_seconds": 10.0,
                                    "threshold_step": 30.0, "reward_threshold": 0.2}))
-    report = build_report(tmp_path, ReportConfig())
+    report = _report(tmp_path, ReportConfig())
     section = _section(report.markdown, 5)
     assert "| countdown | 0.20 | 30 / 10 | 120 / 40 | 0.25 | 0.25 |" in section
     assert report.metrics["cola_over_token_threshold_seconds/countdown"] == pytest.approx(0.25)
@@ -236,6 +243,6 @@ def test_the_report_states_the_time_to_threshold_ratio(tmp_path):
     # A gain threshold is a rise over each run's own start; each run's target is in the RL-runs table.
     metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "threshold_is_gain": 1.0,
                                    "reward_threshold": 0.03, "threshold_target": 0.19}))
-    report = build_report(tmp_path, ReportConfig())
+    report = _report(tmp_path, ReportConfig())
     assert "| countdown | start + 0.03 | 30 / 10 | 120 / 40 |" in _section(report.markdown, 5)
     assert "| 0.190 | 30 / 10 |" in _section(report.markdown, 2)

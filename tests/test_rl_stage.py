@@ -1,5 +1,5 @@
-"""The `rl` section and stage library: params mapped onto GRPOConfig, several seeds, resuming after a kill;
-the comparison's evaluation of a multi-seed RL folder, and its reuse."""
+"""The `rl` section and stage library: per-task settings, several seeds, resuming after a kill; the
+comparison's evaluation of a multi-seed RL folder, and its reuse."""
 
 from __future__ import annotations
 
@@ -12,29 +12,29 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from cola.base.tiny import save_hf_folder
 from cola.comparison import model_variants
+from cola.config import ParamsError, RLConfig, RLEvalConfig, from_dict, missing_help
 from cola.model import CoLAForCausalLM
-from cola.params import ParamsError, from_dict, missing_help
-from cola.rl.grpo import GRPOConfig
-from cola.rl.stage import PER_RUN, RLConfig, run_rl
+from cola.model.checkpoint import save_hf_folder
+from cola.rl.stage import run_rl, seed_model_dir
 
 WORDS = ["<pad>", "<eos>", *"abcdefghij", "Q:", "A:", "\\boxed{h}"]
 
 
-def test_rl_section_covers_every_shared_grpo_setting():
-    shared = {f.name for f in dataclasses.fields(GRPOConfig)} - PER_RUN
-    assert shared <= {f.name for f in dataclasses.fields(RLConfig)}
+def test_rl_section_per_task_settings():
     assert not missing_help(RLConfig)
     cfg = from_dict(RLConfig, {"lr": "1e-6", "tasks": {"countdown": {"max_new_tokens": 50}}}, "rl")
-    run = cfg.grpo_config("token", "countdown", seed=3)
-    assert (run.method, run.seed, run.lr, run.max_new_tokens) == ("token", 3, 1e-6, 50)
+    assert (cfg.lr, cfg.task("countdown").max_new_tokens) == (1e-6, 50)
     # A partial override of a task keeps that task's other defaults.
-    assert run.reward_threshold == RLConfig().tasks.countdown.reward_threshold
-    assert cfg.grpo_config("cola", "math", 0).max_new_tokens == 12
-    # Per-task steps override rl.steps; null keeps it.
-    steps = from_dict(RLConfig, {"steps": 50, "tasks": {"countdown": {"steps": 20}, "math": {"steps": None}}}, "rl")
-    assert (steps.grpo_config("cola", "countdown", 0).steps, steps.grpo_config("cola", "math", 0).steps) == (20, 50)
+    assert cfg.task("countdown").reward_threshold == RLConfig().tasks.countdown.reward_threshold
+    assert cfg.task("math").max_new_tokens == 12
+    # Per-task steps override rl.steps (the schedule's length too); null keeps it.
+    steps = from_dict(RLConfig, {"steps": 50, "tasks": {"countdown": {"steps": 20}, "math": {"steps": None}}},
+                      "rl")
+    assert (steps.for_task("countdown").steps, steps.for_task("math").steps) == (20, 50)
+    assert steps.for_task("countdown").lr == steps.lr
+    with pytest.raises(ValueError, match="unknown RL task 'maths'"):
+        steps.task("maths")
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -44,6 +44,7 @@ def test_rl_section_covers_every_shared_grpo_setting():
     ({"tasks": {"countdown": {"steps": 5}}}, "warmup_steps"),
     ({"advantage_mode": "group"}, "kl_in='reward' needs advantage_mode='gae'"),
     ({"method": "cola"}, "rl.method is not a known key"),
+    ({"seed": 3}, "rl.seed is not a known key.*did you mean 'seeds'"),
 ])
 def test_bad_rl_params_are_one_line_errors(values, message):
     with pytest.raises(ParamsError, match=message):
@@ -85,7 +86,7 @@ class Killed(Exception):
 
 def _untimed(stats: dict[str, float]) -> dict[str, float]:
     """Everything but wall-clock figures, which differ between any two runs."""
-    return {k: v for k, v in stats.items() if "seconds" not in k and k != "tokens_per_second"}
+    return {k: v for k, v in stats.items() if "seconds" not in k and "tokens_per_second" not in k}
 
 
 @pytest.mark.parametrize("method", ["cola", "token"])
@@ -93,13 +94,18 @@ def test_seeds_and_resume_after_a_kill_equal_an_uninterrupted_run(tmp_path, meth
     root = _project(tmp_path)
     cfg = _cfg()
 
+    start = root / "models" / ("fta" if method == "cola" else "sft")
+
     def go(name: str, on_log=None):
-        return run_rl(cfg, method, "math", data_dir=root / "data", models_dir=root / "models",
+        return run_rl(cfg, method, "math", tasks_dir=root / "data" / "tasks", start_dir=start,
                       out_dir=root / name, checkpoint_dir=root / "checkpoints" / name, on_log=on_log)
 
     clean = go("clean")
-    assert [r.seed for r in clean] == [0, 1] and [s for s, _ in clean[1].history] == [1, 2, 3, 4]
-    assert clean[0].summary["steps"] == 4 and "reward_end" in clean[0].summary
+    curves = clean.records["curves"]
+    assert sorted({r["seed"] for r in curves}) == [0, 1]
+    assert [r["step"] for r in curves if r["seed"] == 1] == [1, 2, 3, 4]
+    assert (clean.metrics["n_seeds"] == 2 and clean.metrics["seed0/steps"] == 4
+            and "reward_end" in clean.metrics)
     variants = model_variants(root / "clean")
     assert variants == [(0, root / "clean"), (1, root / "clean" / "seeds" / "1")]
     assert not any((root / "checkpoints" / "clean").iterdir())  # emptied, but kept for DVC
@@ -116,22 +122,21 @@ def test_seeds_and_resume_after_a_kill_equal_an_uninterrupted_run(tmp_path, meth
     resumed = go("resumed", lambda step, stats: logged.append((step, sorted(stats))))
     # The restored curves are replayed (MLflow gets the whole run again), then seed 1 continues from step 2.
     assert [step for step, _ in logged] == [1, 2, 3, 4, 1, 2, 3, 4]
-    for a, b in zip(clean, resumed, strict=True):
-        assert [(step, _untimed(stats)) for step, stats in a.history] == [
-            (step, _untimed(stats)) for step, stats in b.history]
-        assert _untimed(a.summary) == _untimed(b.summary)
-        weights_a = load_file(str(a.model_dir / "model.safetensors"))
-        weights_b = load_file(str(b.model_dir / "model.safetensors"))
+    assert [_untimed(r) for r in clean.records["curves"]] == [_untimed(r) for r in resumed.records["curves"]]
+    assert _untimed(clean.metrics) == _untimed(resumed.metrics)
+    for seed in cfg.seeds:
+        weights_a = load_file(str(seed_model_dir(root / "clean", cfg.seeds, seed) / "model.safetensors"))
+        weights_b = load_file(str(seed_model_dir(root / "resumed", cfg.seeds, seed) / "model.safetensors"))
         assert weights_a.keys() == weights_b.keys()
         assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
 def test_evaluate_folder_scores_every_seed_and_reuses_an_unchanged_result(tmp_path):
-    from cola.rl.evaluation import RLEvalConfig, evaluate_folder, headline
+    from cola.rl.evaluation import evaluate_folder, headline
 
     root = _project(tmp_path)
-    run_rl(_cfg(steps=2, checkpoint_every=10), "cola", "math", data_dir=root / "data",
-           models_dir=root / "models", out_dir=root / "models" / "rl" / "cola-math")
+    run_rl(_cfg(steps=2, checkpoint_every=10), "cola", "math", tasks_dir=root / "data" / "tasks",
+           start_dir=root / "models" / "fta", out_dir=root / "models" / "rl" / "cola-math")
     test = root / "data" / "tasks" / "test"
     test.mkdir(parents=True)
     for task in ("arith", "spell"):
@@ -146,8 +151,10 @@ def test_evaluate_folder_scores_every_seed_and_reuses_an_unchanged_result(tmp_pa
                        diversity_samples=2, threads=1)
 
     def go(config, name="cola-math"):
-        return evaluate_folder(root / "models" / "rl" / name, config, data_dir=root / "data",
-                               out_dir=root / "eval_rl" / name, cache_dir=root / "cache" / name)
+        return evaluate_folder(root / "models" / "rl" / name, config,
+                               test_dir=root / "data" / "tasks" / "test",
+                               heldout=root / "data" / "corpus" / "val.txt", out_dir=root / "eval_rl" / name,
+                               cache_dir=root / "cache" / name)
 
     summary, reused = go(cfg)
     metrics = summary["metrics"]

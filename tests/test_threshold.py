@@ -18,9 +18,9 @@ def feed(tracker: ThresholdTracker, rewards: list[float], history: list[float] |
     return history
 
 
-# Ten steps at 0 fix a gain target of 0.25; then 1.0s lift the 10-step mean by 0.1 per step, so it first reaches
-# the target at step 13 (0.3; 0.2 at step 12). A -1.0 at step 14 drops it to 0.2, the 1.0s after lift it again
-# from step 15 (0.3, 0.4, 0.5, 0.6 at steps 15-18).
+# Ten steps at 0 fix a gain target of 0.25; then 1.0s lift the 10-step mean by 0.1 per step, so it first
+# reaches the target at step 13 (0.3; 0.2 at step 12). A -1.0 at step 14 drops it to 0.2, the 1.0s after lift
+# it again from step 15 (0.3, 0.4, 0.5, 0.6 at steps 15-18).
 START = [0.0] * MA_WINDOW
 SPIKE = [1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0]
 

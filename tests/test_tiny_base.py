@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cola.base.tiny import TinyBaseConfig, build_tiny_base, save_hf_folder
+from cola.base.tiny import build_tiny_base
+from cola.config import TinyBaseConfig
+from cola.model.checkpoint import save_hf_folder
 
 CORPUS = [f"Q: Calculate {a} + {b}. A: \\boxed{{{a + b}}}" for a in range(40) for b in range(0, 40, 3)] + [
     "Q: Spell backward: neon A: \\boxed{noen}", "Q: Reverse the words: hundred, go A: \\boxed{go, hundred}"]

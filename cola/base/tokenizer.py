@@ -48,5 +48,6 @@ def train_tokenizer(
         bos_token=EOS,
         padding_side="left",
         model_max_length=model_max_length,
-        clean_up_tokenization_spaces=False,  # the default clean-up would turn " ," into "," and break round trips
+        # the default clean-up would turn " ," into "," and break round trips
+        clean_up_tokenization_spaces=False,
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cola.config.data import PrepareConfig
+from cola.config.describe import flatten, help_table, missing_help
 from cola.config.evaluation import EvalConfig, EvaluateConfig, ReportConfig, RLEvalConfig
 from cola.config.fields import override, param
 from cola.config.rl import RLConfig, RLTaskConfig, RLTasks
@@ -32,7 +33,7 @@ from cola.config.training import (
     TinyBaseConfig,
     TrainConfig,
 )
-from cola.config.validation import flatten, from_dict, help_table, load_params, load_section, missing_help
+from cola.config.validation import from_dict, load_params, load_section
 from cola.errors import ParamsError
 
 __all__ = [
@@ -58,21 +59,24 @@ class PipelineParams:
     latent: LatentConfig = param(LatentConfig(), "Latent-action pretraining (IDM + world model).")
     bc: BCConfig = param(BCConfig(), "Behaviour cloning of the policy.")
     evaluate: EvaluateConfig = param(EvaluateConfig(), "Evaluation of the base and the CoLA-BC model.")
-    fta: FTAConfig = param(FTAConfig(), "Fine-tuning under action guidance of the BC model (CoLA RL's start).")
-    sft: SFTConfig = param(SFTConfig(), "Supervised fine-tuning of the base on the same data and budget (token "
-                                        "RL's start).")
+    fta: FTAConfig = param(FTAConfig(), "Fine-tuning under action guidance of the BC model "
+                                        "(CoLA RL's start).")
+    sft: SFTConfig = param(SFTConfig(), "Supervised fine-tuning of the base on the same data and budget "
+                                        "(token RL's start).")
     rl: RLConfig = param(RLConfig(), "GRPO, shared by every rl@<method>-<task> entry (latent and token).")
     rl_eval: RLEvalConfig = param(RLEvalConfig(), "Evaluation of every model of the RL comparison.")
     report: ReportConfig = param(ReportConfig(), "The comparison report.")
 
 
 def params_path() -> Path:
-    """``params.yaml``, unless ``COLA_PARAMS`` names another file (tests try bad params without touching it)."""
+    """``params.yaml``, unless ``COLA_PARAMS`` names another file (tests try bad params without touching
+    it)."""
     return Path(os.environ.get("COLA_PARAMS", "params.yaml"))
 
 
 def load_pipeline_params(path: str | Path | None = None) -> PipelineParams:
-    """Validate a whole params file (default: :func:`params_path`); one-line `ParamsError` on the first problem."""
+    """Validate a whole params file (default: :func:`params_path`); one-line `ParamsError` on the first
+    problem."""
     path = Path(path) if path is not None else params_path()
     return from_dict(PipelineParams, load_params(path), where="", source=str(path))
 

@@ -18,17 +18,18 @@ class PrepareConfig:
     """The ``prepare`` section."""
 
     seed: int = param(0, "Seed of the generators, the held-out hash and the shuffle.")
-    n_train: dict[str, int] = param(DEFAULT_N_TRAIN, "Train examples per task (duplicates allowed); its keys are "
-                                                     "the tasks to build.", min=0)
-    n_val: int = param(450, "Unique validation questions per task; their texts form the validation corpus.", min=1)
+    n_train: dict[str, int] = param(DEFAULT_N_TRAIN, "Train examples per task (duplicates allowed); its keys "
+                                                     "are the tasks to build.", min=0)
+    n_val: int = param(450, "Unique validation questions per task; their texts form the validation corpus.",
+                       min=1)
     n_test: int = param(700, "Unique test questions per task (>= 650 keeps the standard error of an accuracy "
                              "< 2 points).", min=1)
     test_fraction: float = param(0.12, "Share of each task's question space (by hash) reserved for test.",
                                  min=0, max=1)
-    val_fraction: float = param(0.08, "Share of each task's question space (by hash) reserved for validation.",
-                                min=0, max=1)
-    max_scan_factor: int = param(5, "Give up after scanning this many times the requested examples (+10k) of a "
-                                    "task.", min=1)
+    val_fraction: float = param(0.08, "Share of each task's question space (by hash) reserved for "
+                                      "validation.", min=0, max=1)
+    max_scan_factor: int = param(5, "Give up after scanning this many times the requested examples (+10k) of "
+                                    "a task.", min=1)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.n_train) - set(task_names()))

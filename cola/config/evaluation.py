@@ -11,16 +11,19 @@ from cola.config.training import RuntimeConfig, task_names
 
 @dataclass
 class EvalConfig(RuntimeConfig):
-    """What both evaluation stages set: which test problems, the generation budget, held-out text, sampling."""
+    """What both evaluation stages set: which test problems, the generation budget, held-out text,
+    sampling."""
 
-    tasks: list[str] = param(task_names(), "Task test splits scored by greedy accuracy.", choices=task_names())
+    tasks: list[str] = param(task_names(), "Task test splits scored by greedy accuracy.",
+                             choices=task_names())
     limit: int = param(0, "Problems per task; 0 = the whole test split.", min=0)
     max_new_tokens: int = param(48, "Generation budget per answer; 0 = per task, the longest reference "
                                     "completion + 8 tokens.", min=0)
     batch_size: int = param(128, "Prompts per generation batch.", min=1)
-    perplexity_tokens: int = param(8192, "Held-out tokens for perplexity and the policy-marginal loss (a CoLA "
-                                         "model costs one world-model pass per action).", min=128)
-    diversity_samples: int = param(8, "M sampled continuations per prefix or prompt (semantic diversity).", min=2)
+    perplexity_tokens: int = param(8192, "Held-out tokens for perplexity and the policy-marginal loss "
+                                         "(a CoLA model costs one world-model pass per action).", min=128)
+    diversity_samples: int = param(8, "M sampled continuations per prefix or prompt (semantic diversity).",
+                                   min=2)
     seed: int = param(0, "Seed of every sampled continuation.")
 
 
@@ -41,8 +44,9 @@ class RLEvalConfig(EvalConfig):
     perplexity_tokens 4096.
     """
 
-    diversity_tasks: list[str] = param(["arith", "countdown"], "Tasks whose test prompts get sampled solutions "
-                                                               "for semantic diversity.", choices=task_names())
+    diversity_tasks: list[str] = param(["arith", "countdown"], "Tasks whose test prompts get sampled "
+                                                               "solutions for semantic diversity.",
+                                       choices=task_names())
     diversity_prompts: int = param(16, "N test prompts per diversity task.", min=1)
     action_top_k: int = param(40, "CoLA sampling: top k of the K action logits (as the RL behaviour policy).",
                               min=1)
@@ -55,10 +59,11 @@ class RLEvalConfig(EvalConfig):
 class ReportConfig:
     """The ``report`` section."""
 
-    retention_tasks: list[str] = param(task_names("retention"), "Tasks no stage fine-tunes or RLs on: their accuracy "
-                                                          "change is the capability retention.",
+    retention_tasks: list[str] = param(task_names("retention"),
+                                       "Tasks no stage fine-tunes or RLs on: their accuracy change is the "
+                                       "capability retention.",
                                        choices=task_names())
-    seed_spread: Literal["sd", "se", "range"] = param("sd", "Spread shown beside means over several RL seeds: "
-                                                            "sample sd, sd/√n, or max − min.")
+    seed_spread: Literal["sd", "se", "range"] = param("sd", "Spread shown beside means over several RL "
+                                                            "seeds: sample sd, sd/√n, or max − min.")
     smooth: int = param(3, "Moving-average window (in logged points) of the RL curves in the plots; 1 = raw.",
                         min=1)

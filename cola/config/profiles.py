@@ -1,7 +1,7 @@
 """Profiles are override files: ``configs/profiles/NAME.yaml`` holds only what differs from the defaults.
 
-The defaults (`cola.config.PipelineParams()`) are the ``tiny`` profile's, so ``tiny.yaml`` overrides nothing and
-``smollm2-135m.yaml`` says in a screen what that scale *is* (nanoGPT's ``config/*.py`` habit).
+The defaults (`cola.config.PipelineParams()`) are the ``tiny`` profile's, so ``tiny.yaml`` overrides nothing
+and ``smollm2-135m.yaml`` says in a screen what that scale *is* (nanoGPT's ``config/*.py`` habit).
 ``cola profile NAME`` merges defaults and overrides, validates the result and writes it to params.yaml, the
 file DVC tracks and ``dvc exp run -S`` edits.
 """
@@ -15,28 +15,19 @@ from typing import Any
 
 import yaml
 
-from cola.config.validation import from_dict, load_params
+from cola.config.validation import deep_merge, from_dict, load_params
 from cola.errors import ParamsError
 from cola.io import atomic_write_text
 
 HEADER = """\
-# The pipeline's params: profile {name} (`cola profile {name}` wrote this from the defaults in cola/config and
-# configs/profiles/{name}.yaml). Every key is documented in cola/config; edit here or `dvc exp run -S key=value`.
+# The pipeline's params, profile {name}: `cola profile {name}` wrote the defaults of cola/config with
+# configs/profiles/{name}.yaml on top. `cola params SECTION` documents every key; edit here or run
+# `dvc exp run -S key=value`.
 """
 
 
 def available_profiles(folder: Path) -> list[str]:
     return sorted(p.stem for p in Path(folder).glob("*.yaml")) if Path(folder).is_dir() else []
-
-
-def _deep_merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _plain(value: Any) -> Any:
@@ -59,7 +50,7 @@ def merged_profile(name: str, folder: Path) -> dict[str, Any]:
     overrides = load_params(source)
     if overrides.get("profile", name) != name:
         raise ParamsError(f"{source}: profile is {overrides['profile']!r}, expected {name!r}")
-    merged = _deep_merge(_plain(dataclasses.asdict(PipelineParams())), {**overrides, "profile": name})
+    merged = deep_merge(_plain(dataclasses.asdict(PipelineParams())), {**overrides, "profile": name})
     from_dict(PipelineParams, merged, where="", source=str(source))
     return merged
 

@@ -22,30 +22,31 @@ class RLTaskConfig:
     """Settings of one RL task that the other task does not share."""
 
     steps: int | None = param(None, "GRPO steps for this task (both methods alike); null = rl.steps.", min=1)
-    max_new_tokens: int = param(12, "Longest response in tokens (= actions): room for the task's answer format.",
-                                min=1)
+    max_new_tokens: int = param(12, "Longest response in tokens (= actions): room for the task's answer "
+                                    "format.", min=1)
     reward_threshold: float | None = param(
-        None, f"Time-to-threshold: the first step (and seconds) at which the {MA_WINDOW}-step moving average of "
-              "the sampled reward rises this much above the run's start (rl.threshold_kind: gain) or reaches "
-              "this value (absolute), and stays there rl.threshold_hold steps; null disables.")
+        None, f"Time-to-threshold: the first step (and seconds) at which the {MA_WINDOW}-step moving average "
+              "of the sampled reward rises this much above the run's start (rl.threshold_kind: gain) or "
+              "reaches this value (absolute), and stays there rl.threshold_hold steps; null disables.")
 
 
 @dataclass
 class RLTasks:
     """Per-task settings, keyed by the task names of the `rl@<method>-<task>` entries.
 
-    Math answers are `\\boxed{-79}`-short (at most 7 tokens + EOS with the tiny tokenizer; calibration.md §5 uses
-    12); countdown's think + answer trace is about 6x longer (up to 41 tokens), so its steps cost ~4x more and it
-    gets fewer of them to keep every RL run near two minutes on 2 cores. Thresholds are rises over each run's
-    start: the two methods start from different models (FTA, SFT) and sample differently (actions vs tokens),
-    so no absolute reward sits above both starts and within both reaches (README). The token baseline rose by
-    about +0.04 in these budgets on 2026-11-30; a window's mean has an SE near 0.014.
+    Math answers are `\\boxed{-79}`-short (at most 7 tokens + EOS with the tiny tokenizer; calibration.md §5
+    uses 12); countdown's think + answer trace is about 6x longer (up to 41 tokens), so its steps cost ~4x
+    more and it gets fewer of them to keep every RL run near two minutes on 2 cores. Thresholds are rises over
+    each run's start: the two methods start from different models (FTA, SFT) and sample differently (actions
+    vs tokens), so no absolute reward sits above both starts and within both reaches (README). The token
+    baseline rose by about +0.04 in these budgets on 2026-11-30; a window's mean has an SE near 0.014.
     """
 
     math: RLTaskConfig = param(RLTaskConfig(max_new_tokens=12, reward_threshold=0.04),
                                "math: prompts of the arith split, boxed-answer reward.")
     countdown: RLTaskConfig = param(RLTaskConfig(steps=100, max_new_tokens=44, reward_threshold=0.03),
-                                    "countdown: prompts of the countdown split, format (0.1) + correctness reward.")
+                                    "countdown: prompts of the countdown split, format (0.1) + "
+                                    "correctness reward.")
 
 
 @dataclass
@@ -62,7 +63,8 @@ class RLConfig(OptimConfig):
     clip_eps: float = param(0.2, "PPO clip range ε of the ratio.", min=0, exclusive_min=True)
     kl_coef: float = param(1e-3, "β, weight of the KL to the frozen reference.", min=0)
     kl_estimator: Literal["k1", "k2", "k3"] = param(
-        "k1", "Per-action KL estimator: k1 = log π − log π_ref (authors, as a reward), k3 (TRL, in the loss).")
+        "k1", "Per-action KL estimator: k1 = log π − log π_ref (authors, as a reward), "
+              "k3 (TRL, in the loss).")
     kl_in: Literal["reward", "loss"] = param(
         "reward", "Where β·KL goes: 'reward' = a per-action penalty inside the advantages (authors; needs "
                   "advantage_mode=gae), 'loss' = added to the PPO loss (TRL).")
@@ -75,18 +77,21 @@ class RLConfig(OptimConfig):
     action_top_k: int = param(40, "CoLA: sample actions from the top k of K logits (paper 40 of 64).", min=1)
     action_temperature: float = param(1.0, "CoLA: action sampling temperature.", min=0, exclusive_min=True)
     token_temperature: float = param(1.0, "Token baseline: sampling temperature.", min=0, exclusive_min=True)
-    token_top_k: int = param(0, "Token baseline: sample from the top k tokens (0 = full vocabulary, the spec's "
-                                "baseline).", min=0)
+    token_top_k: int = param(0, "Token baseline: sample from the top k tokens (0 = full vocabulary, "
+                                "the spec's baseline).", min=0)
     threshold_kind: Literal["gain", "absolute"] = param(
-        "gain", f"gain: a task's reward_threshold is a rise over the run's own start (its first {MA_WINDOW}-step "
-                "window), for runs that start from different models; absolute: a reward value.")
+        "gain", "gain: a task's reward_threshold is a rise over the run's own start (its first "
+                f"{MA_WINDOW}-step window), for runs that start from different models; absolute: a reward "
+                "value.")
     threshold_hold: int = param(
-        MA_WINDOW, "A crossing counts once the moving average has stayed at or above the target this many further "
-                   "steps (one noisy window does not); the crossing's own step is recorded. 0 = first crossing.",
+        MA_WINDOW, "A crossing counts once the moving average has stayed at or above the target this many "
+                   "further steps (one noisy window does not); the crossing's own step is recorded. "
+                   "0 = first crossing.",
         min=0)
     tasks: RLTasks = param(RLTasks(), "Per-task settings (math, countdown).")
     seeds: list[int] = param([0], "RL seeds: one model per seed from the same start model; the report shows "
-                                  "mean ± spread when there are several (`dvc exp run -S 'rl.seeds=[0,1,2]'`).")
+                                  "mean ± spread when there are several "
+                                  "(`dvc exp run -S 'rl.seeds=[0,1,2]'`).")
     n_prompts: int = param(0, "Use the first N train prompts of the task (0 = all of them).", min=0)
     steps: int = override(OptimConfig, "steps", 300)
     lr: float = override(OptimConfig, "lr", 1e-4)
@@ -106,7 +111,8 @@ class RLConfig(OptimConfig):
         for task in (f.name for f in dataclasses.fields(RLTasks)):
             steps = self.task(task).steps or self.steps
             if self.warmup_steps > steps:
-                raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed the {task} steps ({steps})")
+                raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed the {task} steps "
+                                 f"({steps})")
 
     def task(self, name: str) -> RLTaskConfig:
         """The settings of RL task `name` (math, countdown)."""

@@ -25,8 +25,8 @@ def task_names(role: str | None = None) -> list[str]:
 
 
 def trained_tasks() -> list[str]:
-    """The tasks fine-tuning and RL train on: the paper's FTA data is its RL domain's, here the math tasks plus
-    countdown ("thinking"). The retention tasks stay out on purpose: they measure what training costs."""
+    """The tasks fine-tuning and RL train on: the paper's FTA data is its RL domain's, here the math tasks
+    plus countdown ("thinking"). The retention tasks stay out on purpose: they measure what training costs."""
     return [name for name in task_names() if name not in task_names("retention")]
 
 
@@ -39,14 +39,15 @@ class RuntimeConfig:
 
 @dataclass
 class OptimConfig(RuntimeConfig):
-    """The training core's knobs (cola.train.core.Trainer): one optimiser rule and schedule for every stage."""
+    """The training core's knobs (cola.train.core.Trainer): one optimiser rule and schedule for every
+    stage."""
 
     steps: int = param(500, "Optimizer steps: the training budget and the cosine schedule's length.", min=1)
     lr: float = param(2e-3, "Peak learning rate.", min=0, exclusive_min=True)
     min_lr_ratio: float = param(0.1, "Cosine floor as a fraction of lr.", min=0, max=1)
     warmup_steps: int = param(30, "Linear warmup steps.", min=0)
-    weight_decay: float = param(0.01, "AdamW weight decay on matrices (never on norms, biases, the codebook).",
-                                min=0)
+    weight_decay: float = param(0.01, "AdamW weight decay on matrices (never on norms, biases, the "
+                                      "codebook).", min=0)
     beta1: float = param(0.9, "AdamW beta1.", min=0, max=1)
     beta2: float = param(0.95, "AdamW beta2.", min=0, max=1)
     grad_clip: float = param(1.0, "Max global gradient norm (0 disables).", min=0)
@@ -65,7 +66,8 @@ class TrainConfig(OptimConfig):
 
 @dataclass
 class TinyBaseConfig:
-    """Shape of the tiny Llama trained from scratch (calibration.md §2: 1.25M parameters, 6 min on 2 cores)."""
+    """Shape of the tiny Llama trained from scratch (calibration.md §2: 1.25M parameters, 6 min on 2
+    cores)."""
 
     vocab_size: int = param(1024, "BPE vocabulary size (incl. <pad>, <eos>).", min=260)
     hidden_size: int = param(128, "Model width d.", min=8)
@@ -151,16 +153,16 @@ class BCConfig(TrainConfig):
 class SFTConfig(TrainConfig):
     """The ``sft`` section: the token baseline's supervised fine-tuning, and the data/budget half of FTA.
 
-    The paper fine-tunes with lr 5e-6 at 8B, batch 256, one epoch, Adam (0.9, 0.95), no weight decay, 3 % warmup
-    and cosine to 0.1x (cola-spec.md §8); the schedule shape here is the paper's. Overrides: steps 300,
+    The paper fine-tunes with lr 5e-6 at 8B, batch 256, one epoch, Adam (0.9, 0.95), no weight decay, 3 %
+    warmup and cosine to 0.1x (cola-spec.md §8); the schedule shape here is the paper's. Overrides: steps 300,
     warmup_steps 9 (3 %), lr 3e-4 (1e-3 erased most of the retention tasks on the 1.25M base in 300 steps with
-    no task gain; scale it down for large bases), weight_decay 0, log_every 20, checkpoint_every 100, threads 1
-    (sequences are one short example each, where thread start-up costs more than it saves: one thread was
-    1.5-10x faster than two on the 1.25M base).
+    no task gain; scale it down for large bases), weight_decay 0, log_every 20, checkpoint_every 100,
+    threads 1 (sequences are one short example each, where thread start-up costs more than it saves: one
+    thread was 1.5-10x faster than two on the 1.25M base).
     """
 
-    tasks: list[str] = param(trained_tasks(), "Tasks whose train split is the SFT data (sampled uniformly over "
-                                             "all their examples).", choices=task_names())
+    tasks: list[str] = param(trained_tasks(), "Tasks whose train split is the SFT data (sampled uniformly "
+                                             "over all their examples).", choices=task_names())
     steps: int = override(TrainConfig, "steps", 300)
     lr: float = override(TrainConfig, "lr", 3e-4)
     warmup_steps: int = override(TrainConfig, "warmup_steps", 9)

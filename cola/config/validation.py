@@ -2,13 +2,13 @@
 
 Every stage has a ``@dataclass`` config whose fields carry ``metadata={"help": ..., "min": ..., "max": ...,
 "exclusive_min": bool, "exclusive_max": bool, "choices": [...]}``. :func:`from_dict` turns a YAML mapping into
-that dataclass or raises :class:`ParamsError` with ONE line naming the dotted key, so a stage stops before doing
-any work (design.md §9)::
+that dataclass or raises :class:`ParamsError` with ONE line naming the dotted key, so a stage stops before
+doing any work (design.md §9)::
 
     cfg = load_section(LatentConfig, "latent")      # params.yaml: latent.lr must be > 0 (got -0.001)
 
-:func:`flatten` gives dotted scalar keys for MLflow params and :func:`help_table` feeds docs and the CLI.
-Pure Python (dataclasses + PyYAML): validating params never imports torch.
+Describing configs (flattened MLflow params, help tables) is :mod:`cola.config.describe`. Pure Python
+(dataclasses + PyYAML): validating params never imports torch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import dataclasses
 import difflib
 import enum
 import functools
-import json
 import math
 import types
 import typing
@@ -31,12 +30,9 @@ from cola.errors import ParamsError
 
 __all__ = [
     "ParamsError",
-    "flatten",
     "from_dict",
-    "help_table",
     "load_params",
     "load_section",
-    "missing_help",
 ]
 
 T = TypeVar("T")
@@ -56,7 +52,8 @@ def _err(source: str, key: str, msg: str) -> ParamsError:
 
 
 def _show(value: Any) -> str:
-    """Short repr of an offending value for error messages (bools are flagged: they look like ints in YAML)."""
+    """Short repr of an offending value for error messages (bools are flagged: they look like ints in
+    YAML)."""
     if isinstance(value, bool):
         return f"{value}, a bool"
     text = repr(value) if isinstance(value, str) else str(value)
@@ -94,7 +91,8 @@ def type_name(tp: Any) -> str:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    # get_type_hints resolves string annotations (``from __future__ import annotations``) in the class's module.
+    # get_type_hints resolves string annotations (``from __future__ import annotations``) in the class's
+    # module.
     return typing.get_type_hints(cls)
 
 
@@ -103,7 +101,8 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against ``tp`` and return it converted (int→float, "1e-4"→float, list→tuple, dict→dataclass)."""
+    """Check ``value`` against ``tp`` and return it converted (int→float, "1e-4"→float, list→tuple,
+    dict→dataclass)."""
     if tp is Any or tp is object:
         return value
     origin = get_origin(tp)
@@ -257,11 +256,12 @@ def _check_constraints(value: Any, meta: Mapping[str, Any], key: str, source: st
 # --------------------------------------------------------------------------------------------- public API
 
 
-def _deep_merge(defaults: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(defaults: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`defaults` with `overrides` on top; nested mappings merge key by key."""
     merged = dict(defaults)
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -301,7 +301,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str, *, sourc
             # nested class's own defaults), so start from that and apply the given keys on top.
             default = field.default_factory()
             if dataclasses.is_dataclass(default):
-                raw = _deep_merge(dataclasses.asdict(default), raw)
+                raw = deep_merge(dataclasses.asdict(default), raw)
         value = _convert(raw, hints.get(name, Any), key, source)
         _check_constraints(value, field.metadata, key, source)
         kwargs[name] = value
@@ -314,7 +314,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str, *, sourc
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read a params file with ``yaml.safe_load``; a missing, unparsable or non-mapping file is a ParamsError."""
+    """Read a params file with ``yaml.safe_load``; a missing, unparsable or non-mapping file is a
+    ParamsError."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -348,90 +349,3 @@ def load_section(cls: type[T], section: str, path: str | Path = "params.yaml") -
             raise ParamsError(f"{path}: section '{'.'.join(walked)}' is missing")
         data = data[part]
     return from_dict(cls, data, section, source=str(path))
-
-
-def _scalar(value: Any) -> Scalar:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, enum.Enum):
-        return _scalar(value.value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list | tuple | set | frozenset):
-        # MLflow params are strings anyway; JSON keeps lists readable and comparable across runs.
-        return json.dumps(list(value), default=_json_default, sort_keys=True)
-    if hasattr(value, "item"):  # numpy / torch scalars
-        try:
-            return _scalar(value.item())
-        except (TypeError, ValueError):
-            pass
-    return str(value)
-
-
-def _json_default(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    return str(value)
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Scalar]:
-    """Flatten dataclasses and mappings into ``{"a.b.c": scalar}`` (lists become JSON strings) for MLflow."""
-    out: dict[str, Scalar] = {}
-
-    def walk(value: Any, key: str) -> None:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            items = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
-        elif isinstance(value, Mapping):
-            items = list(value.items())
-        else:
-            out[key] = _scalar(value)
-            return
-        if not items and key:
-            out[key] = "{}"  # keep the key visible: an empty mapping is a setting too
-        for name, item in items:
-            walk(item, f"{key}.{name}" if key else str(name))
-
-    walk(obj, prefix)
-    return out
-
-
-def _fmt_default(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, enum.Enum):
-        return _fmt_default(value.value)
-    if isinstance(value, str):
-        return value if value else '""'
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value, default=_json_default)
-    return str(value)
-
-
-def help_table(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """Rows ``(dotted name, type, default, help)`` for every field; nested dataclasses are expanded in place."""
-    rows: list[tuple[str, str, str, str]] = []
-    hints = _hints(cls)
-    for field in dataclasses.fields(cls):
-        if not field.init:
-            continue
-        name, tp = _join(prefix, field.name), hints.get(field.name, Any)
-        if _is_dataclass_type(tp):
-            rows.extend(help_table(tp, name))
-            continue
-        if field.default is not dataclasses.MISSING:
-            default = _fmt_default(field.default)
-        elif field.default_factory is not dataclasses.MISSING:
-            default = _fmt_default(field.default_factory())
-        else:
-            default = "required"
-        rows.append((name, type_name(tp), default, str(field.metadata.get("help", ""))))
-    return rows
-
-
-def missing_help(cls: type) -> list[str]:
-    """Dotted names of fields without ``help`` metadata (for a test that every config is documented)."""
-    return [name for name, _tp, _default, text in help_table(cls) if not text.strip()]

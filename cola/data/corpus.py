@@ -1,4 +1,5 @@
-"""Packed token streams for pretraining-style stages: corpus lines joined as EOS ex EOS ex ... (calibration §1)."""
+"""Packed token streams for pretraining-style stages: corpus lines joined as EOS ex EOS ex ...
+(calibration §1)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class TokenStream:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __next__(self) -> torch.Tensor:
-        starts = torch.randint(0, self.tokens.numel() - self.seq_len, (self.batch_size,), generator=self.generator)
+        starts = torch.randint(0, self.tokens.numel() - self.seq_len, (self.batch_size,),
+                               generator=self.generator)
         return torch.stack([self.tokens[s : s + self.seq_len] for s in starts.tolist()])
 
     def __iter__(self) -> TokenStream:

@@ -3,10 +3,10 @@
 Held-out questions are chosen by a hash of the question, not by position in the stream: a question belongs to
 ``test`` if ``u(key) < test_fraction``, to ``val`` if it falls in the next ``val_fraction``, else to the
 train pool. The key is the question, except where reordering gives the same problem (countdown numbers, the
-animals of a leg-counting problem; see ``TaskSpec.key``). So every kind of question (e.g. one-digit sums, which are a small, frequent corner of the arith
-space) loses the same share to held-out, and the train pool never contains a held-out question by
-construction. ``val`` and ``test`` hold unique problems (keys); ``train`` keeps the generator's natural frequencies
-(duplicates included).
+animals of a leg-counting problem; see ``TaskSpec.key``). So every kind of question (e.g. one-digit sums,
+which are a small, frequent corner of the arith space) loses the same share to held-out, and the train pool
+never contains a held-out question by construction. ``val`` and ``test`` hold unique problems (keys);
+``train`` keeps the generator's natural frequencies (duplicates included).
 
 Outputs of :func:`prepare` (all UTF-8, ``\\n`` line ends):
 
@@ -54,8 +54,9 @@ def split_task(task: str, cfg: PrepareConfig) -> tuple[dict[str, list[dict[str, 
         if scanned >= max_scan or scanned - last_progress >= STALL:
             got = {s: len(out[s]) for s in SPLITS}
             raise ValueError(
-                f"task {task!r}: after scanning {scanned} examples got {got}, wanted {want}. The task's question "
-                f"space is too small for these sizes: lower n_val/n_test or raise val_fraction/test_fraction."
+                f"task {task!r}: after scanning {scanned} examples got {got}, wanted {want}. "
+                f"The task's question space is too small for these sizes: lower n_val/n_test or raise "
+                f"val_fraction/test_fraction."
             )
         scanned += 1
         key = holdout_key(ex)

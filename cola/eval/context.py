@@ -89,7 +89,8 @@ def cut_prefixes(texts: Sequence[str], n: int, seed: int = 0) -> list[str]:
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(texts), generator=generator)[:n].tolist()
     cuts = torch.rand(len(picks), generator=generator).tolist()
-    return [texts[i][: max(1, int(len(texts[i]) * (0.25 + 0.5 * c)))] for i, c in zip(picks, cuts, strict=True)]
+    return [texts[i][: max(1, int(len(texts[i]) * (0.25 + 0.5 * c)))]
+            for i, c in zip(picks, cuts, strict=True)]
 
 def heldout_prefixes(ctx: EvalContext, n: int) -> list[str]:
     """`n` open prefixes of the split's held-out texts (see `cut_prefixes`)."""

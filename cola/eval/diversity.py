@@ -105,10 +105,11 @@ def mean_pairwise_similarity(group: list[str]) -> float:
 def semantic_diversity(groups: list[list[str]], batch_size: int = 64) -> dict:
     """The paper's quality-diversity figure over groups of continuations (one group per prefix).
 
-    Averages the pairwise similarity within each group, then across groups (groups weigh equally whatever their
-    size), and returns ``{"mean_similarity", "qd", "n_groups", "group_size"}`` with ``qd = 1 / mean_similarity``
-    (``inf`` if the mean is not positive, which MiniLM only gives for near-orthogonal texts). ``group_size`` is
-    the common size, or the mean size when groups differ. All texts are embedded in one batched pass.
+    Averages the pairwise similarity within each group, then across groups (groups weigh equally whatever
+    their size), and returns ``{"mean_similarity", "qd", "n_groups", "group_size"}`` with
+    ``qd = 1 / mean_similarity`` (``inf`` if the mean is not positive, which MiniLM only gives for
+    near-orthogonal texts). ``group_size`` is the common size, or the mean size when groups differ. All texts
+    are embedded in one batched pass.
     """
     if not groups:
         raise ValueError("semantic_diversity needs at least one group")

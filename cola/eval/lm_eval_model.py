@@ -4,8 +4,8 @@
 harness (lm-eval 0.4.13):
 
 * ``generate_until`` decodes with `CoLAForCausalLM.generate_latent` (one latent action per token, cola-spec.md
-  §4): tokens are greedy by default, as in the paper, and exploration lives in the action choice. How the task's
-  ``gen_kwargs`` map onto that:
+  §4): tokens are greedy by default, as in the paper, and exploration lives in the action choice. How the
+  task's ``gen_kwargs`` map onto that:
 
   ============================  ==============================================================================
   gen_kwargs                    effect
@@ -37,6 +37,10 @@ Registration: ``@register_model("cola")`` runs when this module is imported. lm-
 package entry points, so the CLI only knows ``--model cola`` after something imports this module; the ways to
 get there (a task YAML path whose ``utils.py`` imports it, or ``python -m cola.eval.lm_eval_model``) are in
 ``evals/README.md``. The Python API needs none of that: ``simple_evaluate(model=ColaLM(pretrained=...))``.
+
+Long because it is one class implementing lm-eval's whole `LM` interface (generation with stop strings in
+segments, two log-likelihoods, request batching and ordering) plus its registration; its methods call each
+other and share the class's state.
 """
 
 from __future__ import annotations
@@ -80,9 +84,9 @@ def _as_bool(value: Any) -> bool:
 
 
 def _register(cls: type[TemplateLM]) -> type[TemplateLM]:
-    # `python -m cola.eval.lm_eval_model` executes this file as `__main__`; registering that copy as well would
-    # make the real import in `main()` fail with "alias 'cola' already registered", so only the importable class
-    # (`cola.eval.lm_eval_model.ColaLM`) goes into lm-eval's model registry.
+    # `python -m cola.eval.lm_eval_model` executes this file as `__main__`; registering that copy as well
+    # would make the real import in `main()` fail with "alias 'cola' already registered", so only the
+    # importable class (`cola.eval.lm_eval_model.ColaLM`) goes into lm-eval's model registry.
     return cls if __name__ == "__main__" else register_model("cola")(cls)
 
 
@@ -163,7 +167,8 @@ class ColaLM(TemplateLM):
         self.tokenizer = tokenizer
         if tokenizer.eos_token_id is None:
             raise CheckpointError(f"{pretrained}: the tokenizer has no EOS token")
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                             else tokenizer.eos_token_id)
 
         window = int(getattr(model.config.base_config, "max_position_embeddings", 0) or 2048)
         self._max_length = int(max_length) if max_length is not None else window
@@ -180,7 +185,7 @@ class ColaLM(TemplateLM):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return value
 
-    # ----- what the harness asks about the model -------------------------------------------------------------
+    # ----- what the harness asks about the model ------------------------------------------------------------
 
     @property
     def eot_token_id(self) -> int:
@@ -229,7 +234,7 @@ class ColaLM(TemplateLM):
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return left_pad(rows, self.pad_token_id, self._device)
 
-    # ----- log-likelihoods -------------------------------------------------------------------------------------
+    # ----- log-likelihoods ----------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def _continuation_logprobs(self, rows: list[list[int]], n_scored: list[int]) -> list[tuple[float, bool]]:
@@ -310,7 +315,7 @@ class ColaLM(TemplateLM):
             results.append(total)
         return results
 
-    # ----- generation ----------------------------------------------------------------------------------------
+    # ----- generation ---------------------------------------------------------------------------------------
 
     def _decoding_settings(self, do_sample: bool, kwargs: dict[str, Any]) -> tuple[ActionMode, int, float]:
         """(action mode, top-k, temperature) for one request group; see the table in the module docstring."""
@@ -343,9 +348,10 @@ class ColaLM(TemplateLM):
     ) -> list[list[int]]:
         """Generated token ids per context (EOS excluded), stopping rows at EOS or at a stop string.
 
-        `generate_latent` has no stop-string hook, so it runs in segments of `stop_check_every` tokens; after each
-        segment finished rows leave the batch and the others continue from their full prefix. Greedy decoding
-        gives the same tokens as one uninterrupted call (the segment boundary only re-reads the prefix).
+        `generate_latent` has no stop-string hook, so it runs in segments of `stop_check_every` tokens; after
+        each segment finished rows leave the batch and the others continue from their full prefix. Greedy
+        decoding gives the same tokens as one uninterrupted call (the segment boundary only re-reads the
+        prefix).
         """
         eos = self.eot_token_id
         out: list[list[int]] = [[] for _ in contexts]
@@ -377,7 +383,8 @@ class ColaLM(TemplateLM):
         return out
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
-        """Latent-action decoding for each ``(context, gen_kwargs)``; see the module docstring for gen_kwargs."""
+        """Latent-action decoding for each ``(context, gen_kwargs)``; see the module docstring for
+        gen_kwargs."""
         eos_text = self.tokenizer.decode([self.eot_token_id], skip_special_tokens=False)
 
         def sort_key(req: tuple[str, dict]) -> tuple[int, str]:

@@ -32,18 +32,17 @@ per-sample ``records`` (``prompt``, ``problem`` for MATH, ``answer``, ``completi
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cola.eval.context import EvalContext, EvalError
+from cola.eval.lm_models import build_lm, quiet
 from cola.eval.scoring import describe_sampling, score_samples
 
 logger = logging.getLogger(__name__)
@@ -105,7 +104,8 @@ def _math500_path(ctx: EvalContext) -> str | None:
 def resolve(name: str, ctx: EvalContext) -> str:
     """The lm-eval task a `cola eval` name runs. ``math500`` with ``--math500-path`` runs the local task:
     the same prompt, budget and grader on the given file (what the offline error message suggests)."""
-    # Only the explicit option: COLA_MATH500_PATH (the local task's fallback) must not silently replace the hub.
+    # Only the explicit option: COLA_MATH500_PATH (the local task's fallback) must not silently replace the
+    # hub.
     if name == "math500" and ctx.options.get("math500_path"):
         return "cola_math500_local"
     return MATH500_TASKS.get(name, name)
@@ -137,7 +137,7 @@ def _hub_math500_error() -> str | None:
 
     hint = "pass --math500-path FILE to use a local JSONL"
     try:
-        with _quiet("datasets", "huggingface_hub", "fsspec"):
+        with quiet("datasets", "huggingface_hub", "fsspec"):
             datasets.load_dataset(HUB_DATASET, "default", split="test")
     except Exception as exc:  # noqa: BLE001 - ConnectionError, FileNotFoundError, ValueError, ...
         if _offline():
@@ -178,117 +178,6 @@ def check(name: str, ctx: EvalContext) -> None:
                 f"{name}: no {Path(ctx.task_dir) / (cola_task + '.jsonl')} "
                 "(run the prepare stage or pass --data-dir)"
             )
-
-
-# --------------------------------------------------------------------------------------------- models
-
-
-@contextlib.contextmanager
-def _quiet(*names: str, level: int = logging.WARNING) -> Iterator[None]:
-    """Raise these loggers to `level` for a while: lm-eval logs every task-building step at INFO."""
-    loggers = [logging.getLogger(n) for n in names]
-    previous = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(level, lg.level))
-    try:
-        yield
-    finally:
-        for lg, prev in zip(loggers, previous, strict=True):
-            lg.setLevel(prev)
-
-
-@functools.cache
-def _pipeline_hflm_class() -> type:
-    """`PipelineHFLM`, built on first use: importing lm-eval's HF model pulls in accelerate and friends."""
-    from lm_eval import utils as lm_utils
-    from lm_eval.models.huggingface import HFLM
-
-    class PipelineHFLM(HFLM):
-        """lm-eval's `HFLM` for the pipeline's plain bases, generating from what `ColaLM` gets for CoLA.
-
-        Two differences from the stock class, both so base-vs-CoLA numbers compare like for like:
-
-        * every generation context starts with EOS, the pipeline's start-of-example marker (training rows are
-          ``EOS prompt completion EOS``; `ColaLM`'s ``add_bos_token``). Stock `HFLM` would only add what the
-          tokenizer's own ``add_special_tokens`` adds, which is nothing for the pipeline's tokenizers.
-        * a budget of ``max_length`` tokens or more is capped at ``max_length // 2`` with a warning (math500's
-          1024 tokens do not fit a tiny model's window), where stock `HFLM` fails an assertion.
-
-        Log-likelihood requests keep `HFLM`'s own encoding (no `evals/` task uses them).
-        """
-
-        def tok_batch_encode(
-            self,
-            strings: list[str],
-            padding_side: str = "left",
-            left_truncate_len: int | None = None,
-            truncation: bool = False,
-        ):
-            from cola.model.inputs import left_pad, pad_token_id
-
-            eos = self.tokenizer.eos_token_id
-            rows = []
-            for text in strings:
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                if ids[:1] != [eos]:
-                    ids = [eos, *ids]
-                rows.append(ids[-left_truncate_len:] if left_truncate_len else ids)
-            return left_pad(rows, pad_token_id(self.tokenizer))  # left padding, as HFLM's generation expects
-
-        def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-            window = self.max_length
-            for request in requests:
-                context, kwargs = request.arguments
-                budget = int(kwargs.get("max_gen_toks", self.max_gen_toks))
-                if budget >= window:
-                    lm_utils.warning_once(
-                        logger, f"hf: max_gen_toks={budget} >= max_length={window}; generating at most "
-                                f"{window // 2} tokens"
-                    )  # fmt: skip
-                    request.arguments = (context, {**kwargs, "max_gen_toks": window // 2})
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
-
-    return PipelineHFLM
-
-
-def build_lm(ctx: EvalContext, action_mode: str | None = None):
-    """The lm-eval model of ``ctx``: `ColaLM` for a CoLA folder, `PipelineHFLM` for a plain base.
-
-    Both wrap ``ctx.model`` when it is loaded (`cola eval` always loads it) rather than load the folder again.
-    """
-    if ctx.kind == "cola":
-        from cola.eval import lm_eval_model
-
-        options = dict(
-            action_mode=action_mode or ctx.action_mode, batch_size=ctx.batch_size, seed=ctx.seed, dtype="auto"
-        )
-        if ctx.model is None:
-            return lm_eval_model.ColaLM(pretrained=ctx.model_path, **options)
-        loaded = (ctx.model, ctx.tokenizer, "cola")
-        # ColaLM only takes a folder; its loader is swapped for this one call so it wraps the loaded model.
-        with _patched(lm_eval_model, "load_model_and_tokenizer", lambda *_, **__: loaded):
-            return lm_eval_model.ColaLM(
-                pretrained=ctx.model_path, device=str(next(ctx.model.parameters()).device), **options
-            )
-    cls = _pipeline_hflm_class()
-    model, tokenizer = ctx.model, ctx.tokenizer
-    if model is None:
-        from cola.model.checkpoint import load_model_and_tokenizer
-
-        model, tokenizer, _ = load_model_and_tokenizer(ctx.model_path)
-    eos = tokenizer.eos_token_id
-    with _quiet("lm_eval", level=logging.ERROR):  # "pretrained is not a str" warns about args we don't pass
-        return cls(pretrained=model, tokenizer=tokenizer, batch_size=ctx.batch_size, prefix_token_id=eos)
-
-
-@contextlib.contextmanager
-def _patched(module: Any, attr: str, value: Any) -> Iterator[None]:
-    original = getattr(module, attr)
-    setattr(module, attr, value)
-    try:
-        yield
-    finally:
-        setattr(module, attr, original)
 
 
 # --------------------------------------------------------------------------------------------- greedy runs
@@ -367,7 +256,7 @@ def run_lm_task(name: str, ctx: EvalContext) -> dict[str, Any]:
     lm_name = resolve(name, ctx)
     start = time.perf_counter()
     # lm-eval warns about every override we make on purpose (gen_kwargs, metadata); errors still show.
-    with _quiet("lm_eval", level=logging.ERROR):
+    with quiet("lm_eval", level=logging.ERROR):
         task_manager = make_task_manager(metadata=_metadata(ctx))
         if ctx.samples > 1:
             result = _run_sampled(lm_name, task_manager, ctx)

@@ -1,7 +1,8 @@
 """The dispatch point of `cola eval`: one registry of named evaluations, built here from both sides.
 
     task files     ``<data_dir>/tasks/<split>/<task>.jsonl``: accuracy (greedy, or sampled with ``samples``)
-    perplexity, diversity, probe    the held-out diagnostics (:mod:`cola.eval.perplexity`, :mod:`cola.eval.probes`)
+    perplexity, diversity, probe    the held-out diagnostics (:mod:`cola.eval.perplexity`,
+                                    :mod:`cola.eval.probes`)
     math500, math500_local, cola_*  lm-eval-shaped tasks (:mod:`cola.eval.lm_tasks`)
 
 This module imports the runners; none of them imports it back.

@@ -17,10 +17,10 @@ Definitions (every number is a mean over problems; problem i has n samples of wh
 
 ``majority_vote``
     Self-consistency (maj@n), a best-of-n that needs **no** verifier: the n final answers (the last
-    ``\\boxed{}``, normalised with `cola.tasks.math_grader.normalize_answer`: `Task.vote_key`) vote, the most frequent one is
-    the model's answer, and that answer is graded (with the full grader, as every single sample is).
-    Samples without a boxed answer abstain; a tie goes to the answer that appeared first among the samples;
-    a problem where every sample abstains counts as wrong.
+    ``\\boxed{}``, normalised with `cola.tasks.math_grader.normalize_answer`: `Task.vote_key`) vote, the most
+    frequent one is the model's answer, and that answer is graded (with the full grader, as every single
+    sample is). Samples without a boxed answer abstain; a tie goes to the answer that appeared first among the
+    samples; a problem where every sample abstains counts as wrong.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from cola.results import StageResult
 
 def run_evaluate(cfg: EvaluateConfig, test_dir: Path, heldout: Path, base_dir: Path, cola_dir: Path,
                  out_dir: Path) -> StageResult:
-    """Score the base (`base_dir`) and the CoLA model (`cola_dir`); per-sample records and a summary to `out_dir`."""
+    """Score the base (`base_dir`) and the CoLA model (`cola_dir`); per-sample records and a summary to
+    `out_dir`."""
     torch.set_num_threads(cfg.threads)
     models = {"base": base_dir, "cola": cola_dir}
     val_lines = read_lines(heldout)
@@ -40,7 +41,8 @@ def run_evaluate(cfg: EvaluateConfig, test_dir: Path, heldout: Path, base_dir: P
                 budget = cfg.max_new_tokens or default_max_new_tokens(tokenizer, examples)
                 result = task_accuracy(model, tokenizer, kind, examples, max_new_tokens=budget,
                                        batch_size=cfg.batch_size)
-                (tmp / f"{name}_{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.pop("records")))
+                (tmp / f"{name}_{task}.jsonl").write_text(
+                    "".join(json.dumps(r) + "\n" for r in result.pop("records")))
                 summary[f"{name}_{task}_acc"] = result["accuracy"]
                 summary[f"{name}_{task}_stderr"] = result["stderr"]
             ppl = perplexity(model, tokenizer, kind, val_lines, max_tokens=cfg.perplexity_tokens)
@@ -58,8 +60,10 @@ def run_evaluate(cfg: EvaluateConfig, test_dir: Path, heldout: Path, base_dir: P
             summary[f"qd_{method}"] = values["qd"]
             summary[f"similarity_{method}"] = values["mean_similarity"]
         probe = action_following_probe(cola_model, tokenizer, prefixes[cfg.diversity_prefixes :])
-        summary.update({f"probe_{key}": value for key, value in probe.items() if isinstance(value, int | float)})
-        (tmp / "summary.json").write_text(json.dumps({"summary": summary, "diversity": diversity, "probe": probe},
+        summary.update({f"probe_{key}": value for key, value in probe.items()
+                        if isinstance(value, int | float)})
+        (tmp / "summary.json").write_text(json.dumps({"summary": summary, "diversity": diversity,
+                                                      "probe": probe},
                                                      indent=2, default=str))
 
     bars = {f"{name}/{task}": summary[f"{name}_{task}_acc"] for task in cfg.tasks for name in models}

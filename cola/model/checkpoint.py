@@ -34,7 +34,8 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
             raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
         (header_len,) = struct.unpack("<Q", raw)
         if 8 + header_len > size:
-            raise CheckpointError(f"{path}: truncated safetensors file (header of {header_len} bytes, file {size})")
+            raise CheckpointError(f"{path}: truncated safetensors file (header of {header_len} bytes, "
+                                  f"file {size})")
         try:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -43,8 +44,8 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
     data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if 8 + header_len + data_end != size:
         raise CheckpointError(
-            f"{path}: truncated or padded safetensors file (header promises {8 + header_len + data_end} bytes, "
-            f"file has {size})"
+            f"{path}: truncated or padded safetensors file "
+            f"(header promises {8 + header_len + data_end} bytes, file has {size})"
         )
     return {name: (entry["dtype"], entry["shape"]) for name, entry in header.items()}
 
@@ -80,7 +81,8 @@ def check_checkpoint(path: str | Path) -> None:
                 )
     missing = sorted(set(expected) - set(found) - tied)
     if missing:
-        raise CheckpointError(f"{folder}: {len(missing)} tensors missing from the weight files, e.g. {missing[0]}")
+        raise CheckpointError(f"{folder}: {len(missing)} tensors missing from the weight files, "
+                              f"e.g. {missing[0]}")
 
 
 def load_cola(path: str | Path, **kwargs) -> CoLAForCausalLM:

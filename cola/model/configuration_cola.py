@@ -15,7 +15,8 @@ from transformers import AutoConfig, PretrainedConfig
 
 from cola.config import CoLAArchitecture, from_dict
 
-#: The architecture fields, declared once in `cola.config.CoLAArchitecture` (the `latent.cola` params section).
+#: The architecture fields, declared once in `cola.config.CoLAArchitecture` (the `latent.cola` params
+#: section).
 ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(CoLAArchitecture))
 
 
@@ -25,9 +26,9 @@ class CoLAConfig(PretrainedConfig):
     Args:
         base_config: config of the wrapped causal LM (a `PretrainedConfig` or its dict with `model_type`).
         init_std: std of the fresh modules' weights; `None` means GPT-NeoX's sqrt(2 / (5 d)).
-        **kwargs: the fields of `CoLAArchitecture` (num_actions, n_idm_layers, n_policy_layers, n_merge_blocks,
-            merge_intermediate_size, output_head, policy_temperature), validated by its rules, with its defaults;
-            anything else goes to `PretrainedConfig`.
+        **kwargs: the fields of `CoLAArchitecture` (num_actions, n_idm_layers, n_policy_layers,
+            n_merge_blocks, merge_intermediate_size, output_head, policy_temperature), validated by its rules,
+            with its defaults; anything else goes to `PretrainedConfig`.
     """
 
     model_type = "cola"

@@ -1,4 +1,5 @@
-"""Latent-action decoding (cola-spec.md §4), a mixin the model inherits: one latent action per generated token.
+"""Latent-action decoding (cola-spec.md §4), a mixin the model inherits: one latent action per generated
+token.
 
 At every step the base gives h_t, the policy gives w_t, an action a_t is chosen from w_t (sampled from the
 top-k at a temperature, argmax, forced, or uniformly random), and the world model turns (h_t, a_t) into the
@@ -109,21 +110,23 @@ class LatentGenerationMixin:
             input_ids, attention_mask: left-padded prompts (B, P).
             action_mode: `sample` (top-k + temperature, the RL behaviour policy), `greedy` (argmax),
                 `forced` (always `forced_action`) or `random` (uniform over the K actions).
-            token_sampling: sample the token from the world model instead of taking its argmax (the paper decodes
-                tokens greedily; exploration lives in action space).
+            token_sampling: sample the token from the world model instead of taking its argmax (the paper
+                decodes tokens greedily; exploration lives in action space).
             eos_token_id: a row stops after producing any of these ids.
-            use_cache: KV caches for the base and the policy; `False` recomputes the whole prefix every step (slow,
-                used to test that caching changes nothing).
+            use_cache: KV caches for the base and the policy; `False` recomputes the whole prefix every step
+                (slow, used to test that caching changes nothing).
             generator: seeds every random choice, so a seeded run is reproducible with or without caches.
-            return_hidden: also return the base states h of every position that chose an action (for RL updates
-                that re-score actions without running the base again).
-            num_samples: continuations per prompt (an RL group): the prompt is encoded once, then its caches are
-                repeated, so row b·num_samples + j of the result is sample j of prompt b.
+            return_hidden: also return the base states h of every position that chose an action (for RL
+                updates that re-score actions without running the base again).
+            num_samples: continuations per prompt (an RL group): the prompt is encoded once, then its caches
+                are repeated, so row b·num_samples + j of the result is sample j of prompt b.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         eos = torch.tensor(
-            [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+            [] if eos_token_id is None
+            else [eos_token_id] if isinstance(eos_token_id, int)
+            else list(eos_token_id),
             device=input_ids.device,
         )
         batch, prompt_length = input_ids.shape
@@ -144,7 +147,8 @@ class LatentGenerationMixin:
             if not actions and num_samples > 1:  # after the prompt pass: one row per sample from here on
                 h, w = h.repeat_interleave(num_samples, 0), w.repeat_interleave(num_samples, 0)
                 sequences, mask, attention_mask, step_positions = (
-                    t.repeat_interleave(num_samples, 0) for t in (sequences, mask, attention_mask, step_positions))
+                    t.repeat_interleave(num_samples, 0)
+                    for t in (sequences, mask, attention_mask, step_positions))
                 done = done.repeat_interleave(num_samples)
                 if use_cache:
                     base_cache.batch_repeat_interleave(num_samples)
@@ -152,7 +156,8 @@ class LatentGenerationMixin:
             if return_hidden:
                 hiddens.append(h if use_cache or not hiddens else h[:, -1:])
             h_last, w_last = h[:, -1], w[:, -1]
-            action = choose_actions(w_last, action_mode, action_top_k, action_temperature, forced_action, generator)
+            action = choose_actions(w_last, action_mode, action_top_k, action_temperature, forced_action,
+                                    generator)
             logp = torch.log_softmax(w_last.float() / self.config.policy_temperature, -1)
             logp = logp.gather(-1, action[:, None]).squeeze(-1)
             logits = self.world_model_logits(h_last, action)

@@ -7,8 +7,8 @@
     logits = W_lm(N_f(s²) − h)  (`paper`)   or   W_lm(N_f(s²))  (`residual`, tiny-width deviation)
 
 The IDM and the policy are stacks of the base's own decoder-layer class, built as the base's backbone class
-(LlamaModel, Qwen2Model, …) with their own layer count, so masks, rotary embeddings and KV caches behave exactly
-as in the base. Their token embedding is unused (they read h through `inputs_embeds`) and is dropped.
+(LlamaModel, Qwen2Model, …) with their own layer count, so masks, rotary embeddings and KV caches behave
+exactly as in the base. Their token embedding is unused (they read h through `inputs_embeds`) and is dropped.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ GROUPS = ("base", "head", "idm", "codebook", "merge", "policy")
 
 # How the base hidden state h may receive gradient in the world model (cola-spec.md §2.5, §3 stage 3):
 #   none      h is detached everywhere (stages 1, 2 and RL);
-#   state     through s⁰ = h and the merge blocks; the −h term of the paper head is detached (FTA-I world model);
-#   subtract  only through the −h term of the paper head: o = sg(N_f(s²)) − h (FTA-P). The residual head has no
-#             −h term, so there FTA-P falls back to the `state` route (documented with the residual deviation).
+#   state     through s⁰ = h and the merge blocks; the −h term of the paper head is detached (FTA-I world
+#             model);
+#   subtract  only through the −h term of the paper head: o = sg(N_f(s²)) − h (FTA-P). The residual head has
+#             no −h term, so there FTA-P falls back to the `state` route (documented with the residual
+#             deviation).
 HiddenGrad = Literal["none", "state", "subtract"]
 
 STAGES: dict[str, tuple[frozenset[str], HiddenGrad]] = {
@@ -50,7 +52,8 @@ STAGES: dict[str, tuple[frozenset[str], HiddenGrad]] = {
 
 @dataclass
 class CoLAOutput(ModelOutput):
-    """World-model output: next-token `logits` (B, T, V) under `actions` (B, T); `loss` when labels were given."""
+    """World-model output: next-token `logits` (B, T, V) under `actions` (B, T); `loss` when labels were
+    given."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -148,7 +151,8 @@ class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
 
     @classmethod
     def from_base(cls, base: PreTrainedModel | str, **config_kwargs) -> CoLAForCausalLM:
-        """Wrap a base causal LM (a loaded model or a folder / hub id) with freshly initialised CoLA modules."""
+        """Wrap a base causal LM (a loaded model or a folder / hub id) with freshly initialised CoLA
+        modules."""
         if isinstance(base, str):
             base = AutoModelForCausalLM.from_pretrained(base)
         for module in base.modules():  # keep the pretrained weights out of CoLA's initialisation
@@ -220,12 +224,16 @@ class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
         return out.last_hidden_state, out.cache
 
     def idm_logits(
-        self, h: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Inverse-dynamics logits z (B, T, K) aligned so that z_t scores the action producing x_{t+1}.
 
         The IDM is causal over h, so its raw output u_{t+1} sees x_{≤t+1}; shifting it to slot t gives the
-        action at t a view of exactly one future token. The last slot keeps its own output (as the authors do).
+        action at t a view of exactly one future token. The last slot keeps its own output (as the authors
+        do).
         """
         u = self.idm_head(
             self.idm(inputs_embeds=h.detach(), attention_mask=attention_mask, position_ids=position_ids)
@@ -273,7 +281,9 @@ class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
     # ----- whole-model conveniences ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def idm_actions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def idm_actions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Deterministic IDM labels argmax z_t (B, T): the action at t that produced x_{t+1}."""
         positions = left_padded_positions(attention_mask) if attention_mask is not None else None
         h, _ = self.base_hidden(input_ids, attention_mask, positions)
@@ -287,7 +297,8 @@ class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
         labels: torch.Tensor | None = None,
         **kwargs,
     ) -> CoLAOutput:
-        """World-model logits under `actions` (B, T), or under the policy's argmax actions when none are given.
+        """World-model logits under `actions` (B, T), or under the policy's argmax actions when none are
+        given.
 
         With `labels` (B, T; -100 ignored) the loss is the next-token cross-entropy of logits[:, :-1] against
         labels[:, 1:], as for any causal LM.
@@ -302,6 +313,8 @@ class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
             )
         return CoLAOutput(loss=loss, logits=logits, actions=actions, policy_logits=policy_logits)

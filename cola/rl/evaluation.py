@@ -95,7 +95,8 @@ def evaluate_model(folder: str | Path, cfg: RLEvalConfig, test_dir: Path, heldou
         outputs = generate_texts(model, tokenizer, repeated, kind=kind, max_new_tokens=budget(task),
                                  batch_size=cfg.batch_size, seed=cfg.seed, **sampling)
         groups = [[o["completion"] for o in outputs[i * m : (i + 1) * m]] for i in range(len(problems))]
-        correct = [scorer(task).score(ex, c) for ex, group in zip(problems, groups, strict=True) for c in group]
+        correct = [scorer(task).score(ex, c) for ex, group in zip(problems, groups, strict=True)
+                   for c in group]
         result["diversity"][task] = {
             **semantic_diversity(groups),
             "distinct": sum(len(set(g)) for g in groups) / len(groups),
@@ -183,10 +184,12 @@ def evaluate_folder(
 
 def run_rl_eval(cfg: RLEvalConfig, models_dir: Path, test_dir: Path, heldout: Path, out_dir: Path,
                 cache_dir: Path) -> StageResult:
-    """Evaluate every model of the comparison (`cola.comparison.rows`, under `models_dir`) into `out_dir/<row>`.
+    """Evaluate every model of the comparison (`cola.comparison.rows`, under `models_dir`) into
+    `out_dir/<row>`.
 
-    A model whose files, the params and the evaluation code are unchanged is not evaluated again: its result is
-    kept under `cache_dir/<row>` (a persistent DVC output), so ``-S rl.lr=...`` re-scores only the RL models.
+    A model whose files, the params and the evaluation code are unchanged is not evaluated again: its result
+    is kept under `cache_dir/<row>` (a persistent DVC output), so ``-S rl.lr=...`` re-scores only the RL
+    models.
     """
     metrics: dict[str, float] = {}
     artifacts = []

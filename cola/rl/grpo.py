@@ -43,7 +43,8 @@ ExampleReward = Any
 def build_policy(model: Any, tokenizer: Any, method: str, cfg: RLConfig) -> Policy:
     """The policy of `method` with its sampling settings (a CoLA model for 'cola', any LM for 'token')."""
     if method == "cola":
-        return LatentActionPolicy(model, tokenizer, top_k=cfg.action_top_k, temperature=cfg.action_temperature)
+        return LatentActionPolicy(model, tokenizer, top_k=cfg.action_top_k,
+                                  temperature=cfg.action_temperature)
     if method == "token":
         return TokenPolicy(model, tokenizer, temperature=cfg.token_temperature, top_k=cfg.token_top_k or None)
     raise ValueError(f"unknown RL method {method!r}; expected 'cola' or 'token'")
@@ -67,7 +68,8 @@ class GRPOTrainer(Trainer):
     postfix_keys = ("reward_mean", "kl")
 
     def __init__(self, policy: Policy, cfg: RLConfig, prompts: list[dict], reward_fn: ExampleReward, *,
-                 max_new_tokens: int, reward_threshold: float | None = None, seed: int = 0, **kwargs: Any) -> None:
+                 max_new_tokens: int, reward_threshold: float | None = None, seed: int = 0,
+                 **kwargs: Any) -> None:
         if not prompts:
             raise ValueError("GRPO needs at least one prompt")
         self.policy, self.prompts, self.reward_fn = policy, prompts, reward_fn
@@ -107,7 +109,8 @@ class GRPOTrainer(Trainer):
         cfg, mask = self.cfg, rollout.response_mask
         kl_penalty = None
         if cfg.kl_in == "reward" and cfg.kl_coef > 0:
-            # The KL of the behaviour policy (the one that sampled), as the authors' experience maker computes it.
+            # The KL of the behaviour policy (the one that sampled), as the authors' experience maker computes
+            # it.
             kl_penalty = cfg.kl_coef * kl_estimate(rollout.old_logprobs, ref_logp, cfg.kl_estimator) * mask
         return compute_advantages(rewards, mask, cfg.group_size, mode=cfg.advantage_mode, gamma=cfg.gamma,
                                   lam=cfg.lam, kl_penalty=kl_penalty)
@@ -163,7 +166,8 @@ class GRPOTrainer(Trainer):
             response_length=n_tokens / mask.shape[0],
             n_tokens=n_tokens,
             seconds_generation=generated - start,
-            seconds_update=end - generated,  # everything after the rollout: rewards, reference, loss, optimizer
+            # everything after the rollout: rewards, reference, loss, optimizer
+            seconds_update=end - generated,
             seconds_reward=rewarded - generated,
             seconds_reference=referenced - rewarded,
             seconds_per_step=end - start,
@@ -192,7 +196,8 @@ class GRPOTrainer(Trainer):
         tensors = {f"ref.{k}": v.detach().clone() for k, v in self.ref.state_dict().items()}
         tensors["rng.prompts"] = self.prompt_generator.get_state()
         tensors["rng.rollout"] = self.rollout_generator.get_state()
-        meta = {"elapsed": self.elapsed, "reward_history": self.reward_history, "threshold": self.threshold.state()}
+        meta = {"elapsed": self.elapsed, "reward_history": self.reward_history,
+                "threshold": self.threshold.state()}
         return tensors, meta
 
     def load_extra_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Policies for GRPO: something that acts (rolls out G samples per prompt) and scores log-probs of its actions.
+"""Policies for GRPO: something that acts (rolls out G samples per prompt) and scores log-probs of its
+actions.
 
 One trainer (:mod:`cola.rl.grpo`) serves both action spaces of the paper's comparison:
 
@@ -12,7 +13,8 @@ One trainer (:mod:`cola.rl.grpo`) serves both action spaces of the paper's compa
 
 Both return a :class:`Rollout`; ``logprobs(rollout)`` gives log π(a_t) for the recorded actions (latent
 actions or tokens) as a (B, N) tensor aligned with ``rollout.response_mask``, with gradient to
-``trainable_parameters()``. ``reference()`` returns a frozen copy that scores the same rollout for the KL term.
+``trainable_parameters()``. ``reference()`` returns a frozen copy that scores the same rollout for the KL
+term.
 
 Prompts are encoded as the evaluation harness does (``EOS prompt``, as examples appear in the packed corpus)
 and left-padded; the G samples of a prompt are consecutive rows, the group layout :mod:`cola.rl.advantages`
@@ -79,7 +81,8 @@ class Scorer(Protocol):
     """Anything that scores a rollout's recorded actions: the live policy or its frozen reference."""
 
     def logprobs(self, rollout: Rollout, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """(B, N) log-probs of the recorded actions; with ``with_entropy`` also the (B, N) detached entropy."""
+        """(B, N) log-probs of the recorded actions; with ``with_entropy`` also the (B, N) detached
+        entropy."""
         ...
 
 
@@ -100,7 +103,8 @@ class Policy(Scorer, Protocol):
         ...
 
     def reference(self) -> Scorer:
-        """A frozen deep copy of the trainable part, scoring rollouts exactly like this policy did at the start.
+        """A frozen deep copy of the trainable part, scoring rollouts exactly like this policy did at the
+        start.
 
         It is an ``nn.Module`` too, so the trainer can checkpoint it with ``state_dict()``.
         """
@@ -167,9 +171,8 @@ def _top_k_sample(logits: Tensor, top_k: int | None, generator: torch.Generator)
 CausalRun = Callable[[Tensor, Tensor, Tensor, Any, bool, "int | None"], tuple[Tensor, Any]]
 
 
-def score_positions(
-    run: CausalRun, inputs: Tensor, mask: Tensor, prompt_length: int, group_size: int, share_prompt: bool = True
-) -> Tensor:
+def score_positions(run: CausalRun, inputs: Tensor, mask: Tensor, prompt_length: int, group_size: int,
+                    share_prompt: bool = True) -> Tensor:
     """Outputs of a causal network at positions P − 1 … T − 1 of ``inputs`` (B, T, …): the ones that score
     the response.
 
@@ -195,17 +198,16 @@ def score_positions(
 # ------------------------------------------------------------------------------------------------ latent
 
 
-def _latent_logprobs(
-    stack: nn.Module, head: nn.Module, temperature: float, rollout: Rollout, with_entropy: bool,
-    share_prompt: bool = True,
-) -> Tensor | tuple[Tensor, Tensor]:
+def _latent_logprobs(stack: nn.Module, head: nn.Module, temperature: float, rollout: Rollout,
+                     with_entropy: bool, share_prompt: bool = True) -> Tensor | tuple[Tensor, Tensor]:
     """Re-score the recorded actions from the recorded h: the policy stack runs over all P + N − 1 positions
     (it is causal and attends to the prompt), the head only at the N action positions P − 1 + i."""
     if rollout.hidden is None or rollout.actions is None:
         raise ValueError("a latent rollout needs its recorded hidden states and actions")
 
     def run(h: Tensor, mask: Tensor, positions: Tensor, cache: Any, use_cache: bool, keep: int | None):
-        out = stack(inputs_embeds=h, attention_mask=mask, position_ids=positions, cache=cache, use_cache=use_cache)
+        out = stack(inputs_embeds=h, attention_mask=mask, position_ids=positions, cache=cache,
+                    use_cache=use_cache)
         states = out.last_hidden_state
         return head(states if keep is None else states[:, -keep:]), out.cache
 
@@ -222,7 +224,8 @@ class LatentReference(nn.Module):
     nothing else enters log π_ref(a_t).
     """
 
-    def __init__(self, stack: nn.Module, head: nn.Module, temperature: float, share_prompt: bool = True) -> None:
+    def __init__(self, stack: nn.Module, head: nn.Module, temperature: float,
+                 share_prompt: bool = True) -> None:
         super().__init__()
         self.stack = copy.deepcopy(stack).requires_grad_(False).eval()
         self.head = copy.deepcopy(head).requires_grad_(False).eval()
@@ -230,11 +233,13 @@ class LatentReference(nn.Module):
 
     @torch.no_grad()
     def logprobs(self, rollout: Rollout, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        return _latent_logprobs(self.stack, self.head, self.temperature, rollout, with_entropy, self.share_prompt)
+        return _latent_logprobs(self.stack, self.head, self.temperature, rollout, with_entropy,
+                                self.share_prompt)
 
 
 class LatentActionPolicy:
-    """CoLA's latent-action policy: sampled actions (top-k), greedy world-model tokens, only the policy trains.
+    """CoLA's latent-action policy: sampled actions (top-k), greedy world-model tokens, only the policy
+    trains.
 
     Args:
         model: a CoLA model (after behaviour cloning / FTA); RL calls ``model.set_stage("rl")``.
@@ -264,9 +269,9 @@ class LatentActionPolicy:
         ids, mask = encode_prompts(self.tokenizer, prompts)  # each prompt's pass runs once per group
         out = self.model.generate_latent(
             ids, mask, max_new_tokens=max_new_tokens, action_mode="sample", action_top_k=self.top_k,
-            action_temperature=self.temperature, token_sampling=False, eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=pad_token_id(self.tokenizer), generator=generator, return_hidden=True,
-            num_samples=group_size,
+            action_temperature=self.temperature, token_sampling=False,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad_token_id(self.tokenizer),
+            generator=generator, return_hidden=True, num_samples=group_size,
         )
         tokens = out.sequences[:, out.prompt_length :]
         return Rollout(
@@ -279,30 +284,30 @@ class LatentActionPolicy:
 
     def logprobs(self, rollout: Rollout, with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """log π(a_t) of the recorded actions from the recorded h (the base is never run again)."""
-        return _latent_logprobs(self.model.policy, self.model.policy_head, self.model.config.policy_temperature,
-                                rollout, with_entropy, self.share_prompt)
+        return _latent_logprobs(self.model.policy, self.model.policy_head,
+                                self.model.config.policy_temperature, rollout, with_entropy,
+                                self.share_prompt)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Only the policy (stack + head), per cola-spec.md §7; everything else is frozen."""
         return self.model.set_stage("rl")
 
     def reference(self) -> LatentReference:
-        return LatentReference(self.model.policy, self.model.policy_head, self.model.config.policy_temperature,
-                               self.share_prompt)
+        return LatentReference(self.model.policy, self.model.policy_head,
+                               self.model.config.policy_temperature, self.share_prompt)
 
 
 # ------------------------------------------------------------------------------------------------ token
 
 
-def _token_logprobs(
-    model: PreTrainedModel, temperature: float, rollout: Rollout, with_entropy: bool, share_prompt: bool = True
-) -> Tensor | tuple[Tensor, Tensor]:
+def _token_logprobs(model: PreTrainedModel, temperature: float, rollout: Rollout, with_entropy: bool,
+                    share_prompt: bool = True) -> Tensor | tuple[Tensor, Tensor]:
     """The last token is never an input (nothing is scored after it); the LM head runs only at positions
     P − 1 … P + N − 2, which score the N response tokens."""
 
     def run(ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, use_cache: bool, keep: int | None):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=use_cache,
-                    logits_to_keep=keep or 0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                    use_cache=use_cache, logits_to_keep=keep or 0)
         return out.logits, out.cache
 
     logits = score_positions(run, rollout.sequences[:, :-1], rollout.attention_mask[:, :-1],

@@ -4,8 +4,9 @@ DVC runs one entry per (method, task) — ``rl@cola-math``, ``rl@token-countdown
 section ``rl`` (`cola.config.RLConfig`), so both action spaces get the same algorithm, prompts and budget
 (design.md §4). The grid is defined in :mod:`cola.comparison`:
 
-- **method** ``cola`` starts from the FTA model and trains only the latent-action policy; ``token`` starts from
-  the SFT baseline and trains the whole LM on sampled tokens (the start folder comes from the stage's cmd).
+- **method** ``cola`` starts from the FTA model and trains only the latent-action policy; ``token`` starts
+  from the SFT baseline and trains the whole LM on sampled tokens (the start folder comes from the stage's
+  cmd).
 - **task** ``math`` draws prompts from the ``arith`` train split, ``countdown`` from the ``countdown`` split;
   the reward is the task's own (`cola.tasks`: boxed-answer math; format 0.1 + correctness for countdown).
 
@@ -98,13 +99,15 @@ def run_rl(cfg: RLConfig, method: str, task: str, *, tasks_dir: Path, start_dir:
     if checkpoint_dir is not None:  # every seed is saved: keep the (DVC-declared) folder, empty
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         checkpoint_dir.mkdir(parents=True)
-    return StageResult(aggregate(summaries), figures={"curves": plot_curves(histories, f"GRPO {method}-{task}")},
+    return StageResult(aggregate(summaries),
+                       figures={"curves": plot_curves(histories, f"GRPO {method}-{task}")},
                        records={"curves": curve_records(histories)}, outputs=[out_dir])
 
 
 def curve_records(histories: dict[int, History]) -> list[dict[str, float]]:
     """Every seed's logged curve as flat records ``{step, seed, reward_mean, kl, ...}`` (a DVC plots file)."""
-    return [{"step": step, "seed": seed, **stats} for seed, history in histories.items() for step, stats in history]
+    return [{"step": step, "seed": seed, **stats} for seed, history in histories.items()
+            for step, stats in history]
 
 
 def plot_curves(histories: dict[int, History], title: str):

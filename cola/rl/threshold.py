@@ -27,7 +27,8 @@ __all__ = ["MA_WINDOW", "ThresholdTracker"]
 
 @dataclass
 class ThresholdTracker:
-    """Follows one run's reward history; ``step`` / ``seconds`` are set once the threshold is reached and held."""
+    """Follows one run's reward history; ``step`` / ``seconds`` are set once the threshold is reached and
+    held."""
 
     threshold: float | None  # None disables tracking
     kind: Literal["gain", "absolute"] = "gain"
@@ -39,7 +40,8 @@ class ThresholdTracker:
     crossing_seconds: float | None = None
 
     def update(self, history: list[float], step: int, seconds: float) -> None:
-        """Account for the step that just appended its mean reward to ``history`` (``step`` = len(history))."""
+        """Account for the step that just appended its mean reward to ``history``
+        (``step`` = len(history))."""
         if self.threshold is None or self.step is not None or len(history) < MA_WINDOW:
             return
         window_mean = sum(history[-MA_WINDOW:]) / MA_WINDOW

@@ -1,11 +1,13 @@
 """A task owns its behaviour (the nanochat ``tasks/`` habit): prompt, scoring, format check, RL reward, vote.
 
-Evaluation (`cola.eval`), the RL reward (`cola.rl`), the lm-eval YAML scorers (`evals/utils.py`) and the report
-all ask the task object and never test a task's name, so the reward RL optimises and the accuracy and format
-rate the report shows are the same functions.
+Evaluation (`cola.eval`), the RL reward (`cola.rl`), the lm-eval YAML scorers (`evals/utils.py`) and the
+report all ask the task object and never test a task's name, so the reward RL optimises and the accuracy and
+format rate the report shows are the same functions.
 
-    BoxedMathTask     the last balanced ``\\boxed{}`` is MATH-equivalent to the answer (arith, wordprob, MATH-500)
-    ExactBoxedTask    the last ``\\boxed{}`` equals the answer string, ends stripped (spell, wrev: copy skills)
+    BoxedMathTask     the last balanced ``\\boxed{}`` is MATH-equivalent to the answer
+                      (arith, wordprob, MATH-500)
+    ExactBoxedTask    the last ``\\boxed{}`` equals the answer string, ends stripped
+                      (spell, wrev: copy skills)
     CountdownTask     the last ``<answer>`` expression uses the numbers once each and makes the target; the
                       "enhanced thinking" format is ``<think>…</think> <answer>…</answer>`` and nothing else
 
@@ -32,9 +34,9 @@ class Task:
 
     ``source``/``config``/``formatter`` generate examples with reasoning-gym (None for tasks whose examples
     come from a file, like MATH-500); ``formatter`` maps a reasoning-gym item to ``{"question", "answer",
-    "completion"}`` plus extras. ``key`` is a problem's identity for held-out splitting (two questions with the
-    same key never land in different splits). ``role``: ``math`` and ``thinking`` tasks are fine-tuned and RL
-    targets; ``retention`` tasks are never trained on after pretraining and measure what later stages cost.
+    "completion"}`` plus extras. ``key`` is a problem's identity for held-out splitting (two questions with
+    the same key never land in different splits). ``role``: ``math`` and ``thinking`` tasks are fine-tuned and
+    RL targets; ``retention`` tasks are never trained on after pretraining and measure what later stages cost.
     """
 
     name: str
@@ -70,7 +72,8 @@ class Task:
 
 
 class BoxedMathTask(Task):
-    """Direct-answer math: the last ``\\boxed{}`` graded with MATH normalisation, exact numbers, math-verify."""
+    """Direct-answer math: the last ``\\boxed{}`` graded with MATH normalisation, exact numbers,
+    math-verify."""
 
     def score(self, example: Example, completion: str) -> bool:
         return grade(completion, str(example["answer"]))

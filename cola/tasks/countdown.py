@@ -38,7 +38,8 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
 
 def parse_answer_tag(text: str) -> str | None:
-    """Return the stripped content of the last ``<answer>...</answer>`` in ``text`` (None if there is none)."""
+    """Return the stripped content of the last ``<answer>...</answer>`` in ``text`` (None if there is
+    none)."""
     if not isinstance(text, str):
         return None
     matches = _ANSWER_TAG.findall(text)

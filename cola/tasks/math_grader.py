@@ -36,6 +36,10 @@ called with its timeouts disabled and this module enforces one overall deadline 
   code cannot block the caller.
 
 Every failure mode (parse error, timeout, crashed helper) grades as "not equivalent".
+
+Long because the grader is one algorithm: an ordered cascade of MATH normalisation rules, each a few lines,
+plus the deadline machinery above that must wrap exactly that cascade; split, the rules' order (which
+matters) would be spread over files.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The procedural tasks, built on reasoning-gym generators: arith, wordprob, countdown, spell, wrev.
 
-Every task is one reasoning-gym dataset, a fixed config and a formatter that rewrites the generator's item into
-a short one-line question/answer pair; its scoring is its class's (:mod:`cola.tasks.base`). Every example is a dict with the keys
-``task, question, answer, prompt, completion, text`` (plus task-specific extras), where
-``prompt = f"Q: {question} A:"`` and ``text = prompt + completion``. ``completion`` is
+Every task is one reasoning-gym dataset, a fixed config and a formatter that rewrites the generator's item
+into a short one-line question/answer pair; its scoring is its class's (:mod:`cola.tasks.base`). Every example
+is a dict with the keys ``task, question, answer, prompt, completion, text`` (plus task-specific extras),
+where ``prompt = f"Q: {question} A:"`` and ``text = prompt + completion``. ``completion`` is
 ``" \\boxed{answer}"`` for the direct-answer tasks and ``" <think> trace </think> <answer>EXPR</answer>"`` for
 countdown (the "enhanced thinking" format). Questions are reworded to be short because the default base model
 has about 1 M parameters and a 128-token context.

@@ -41,7 +41,8 @@ def lm_loss(model, stream: torch.Tensor, seq_len: int, max_tokens: int, batch_si
 
 def run_base(cfg: BaseConfig, corpus: Path, out_dir: Path, *, checkpoint_dir: Path | None = None,
              on_log: LogFn | None = None) -> StageResult:
-    """Build the base folder at `out_dir` from the corpus folder (`train.txt`, `val.txt`); metrics + loss plot."""
+    """Build the base folder at `out_dir` from the corpus folder (`train.txt`, `val.txt`); metrics + loss
+    plot."""
     torch.set_num_threads(cfg.threads)
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a DVC output even when nothing is trained
@@ -68,7 +69,8 @@ def run_base(cfg: BaseConfig, corpus: Path, out_dir: Path, *, checkpoint_dir: Pa
             return LossOutput(loss, {"loss": loss.item()})
 
         trainer = BatchTrainer(model, loss_fn, batches, cfg, checkpoint_dir=checkpoint_dir, on_log=on_log,
-                               description="base", fingerprint=fingerprint(asdict(cfg), file_digest(train_file)))
+                               description="base",
+                               fingerprint=fingerprint(asdict(cfg), file_digest(train_file)))
         trainer.train()
         history = trainer.history
         save_hf_folder(model, tokenizer, out_dir)

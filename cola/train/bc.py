@@ -34,7 +34,8 @@ def run_bc(cfg: BCConfig, corpus: Path, latent_dir: Path, out_dir: Path, *,
     batches = TokenStream(token_stream(train_file, tokenizer), cfg.batch_size, cfg.seq_len, seed=cfg.seed)
     trainer = BatchTrainer(model, lambda batch, _g: behaviour_cloning_loss(model, batch), batches, cfg,
                            checkpoint_dir=checkpoint_dir, on_log=on_log, description="bc",
-                           fingerprint=fingerprint(asdict(cfg), file_digest(train_file), file_digest(latent_dir)))
+                           fingerprint=fingerprint(asdict(cfg), file_digest(train_file),
+                                                   file_digest(latent_dir)))
     trainer.train()
     model.set_stage("frozen")
     save_hf_folder(model, tokenizer, out_dir)

@@ -1,18 +1,20 @@
 """The one training core: every trainer of the pipeline (base, latent, BC, FTA/SFT, GRPO) runs this loop.
 
-`Trainer` owns what all stages share, once: AdamW with one weight-decay rule, linear warmup + cosine decay to a
-floor, gradient clipping, the logging window and its progress bar, and resumable checkpoints (trainable
+`Trainer` owns what all stages share, once: AdamW with one weight-decay rule, linear warmup + cosine decay to
+a floor, gradient clipping, the logging window and its progress bar, and resumable checkpoints (trainable
 weights, optimizer, schedule, random streams, the logged curve; a fingerprint of params and inputs; an atomic
 rename). A trainer supplies its step and what else its state holds, TRL's "override the hook, not the loop":
 
-    training_step()       compute a loss, call `self.optimize(loss)` (once, or once per PPO epoch), return metrics
-    extra_state()         tensors and JSON-able values to checkpoint besides the core's own (data samplers, ...)
+    training_step()       compute a loss, call `self.optimize(loss)` (once, or once per PPO epoch), return
+                          metrics
+    extra_state()         tensors and JSON-able values to checkpoint besides the core's own (data samplers,
+                          ...)
     load_extra_state()    their inverse
 
-`BatchTrainer` is the trainer of the pretraining-style stages: one batch, one loss, one optimizer step. Budgets
-are optimizer steps, so the same params give the same result, and a run killed mid-way resumes from its last
-checkpoint to the same weights and the same logged numbers as an uninterrupted one. Devices and precision go
-through `accelerate`; this is where multi-process training and gradient accumulation belong.
+`BatchTrainer` is the trainer of the pretraining-style stages: one batch, one loss, one optimizer step.
+Budgets are optimizer steps, so the same params give the same result, and a run killed mid-way resumes from
+its last checkpoint to the same weights and the same logged numbers as an uninterrupted one. Devices and
+precision go through `accelerate`; this is where multi-process training and gradient accumulation belong.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class Trainer:
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.named_params:
-            raise ValueError("no trainable parameters: freeze by stage (model.set_stage(...)) before training")
+            raise ValueError("no trainable parameters: freeze by stage (model.set_stage(...)) "
+                             "before training")
         self.params = [p for _, p in self.named_params]
         optimizer = make_optimizer(self.named_params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, cfg))
@@ -99,7 +102,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ hooks
 
     def training_step(self) -> dict[str, float]:
-        """One step: compute a loss, `self.optimize(loss)`, return its metrics (``n_tokens`` gives tokens/s)."""
+        """One step: compute a loss, `self.optimize(loss)`, return its metrics (``n_tokens`` gives
+        tokens/s)."""
         raise NotImplementedError
 
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -138,14 +142,14 @@ class Trainer:
         total = self.cfg.steps if steps is None else self.global_step + steps
         self.model.train(self.train_mode)
         tokens, clock = 0, time.perf_counter()
-        bar = tqdm(range(self.global_step, total), desc=self.description, initial=self.global_step, total=total,
-                   disable=not self.accelerator.is_main_process, mininterval=2.0)
+        bar = tqdm(range(self.global_step, total), desc=self.description, initial=self.global_step,
+                   total=total, disable=not self.accelerator.is_main_process, mininterval=2.0)
         for _ in bar:
             metrics = self.advance()
             tokens += int(metrics.pop("n_tokens", 0))
             for key, value in metrics.items():
                 self._window.setdefault(key, []).append(float(value))
-            if self.global_step % self.cfg.log_every == 0 or self.global_step == total:
+            if self.global_step % self.cfg.log_every == 0 or self.global_step == self.cfg.steps:
                 logged = {k: sum(v) / len(v) for k, v in self._window.items()}
                 if tokens:
                     logged["tokens_per_second"] = tokens / max(time.perf_counter() - clock, 1e-9)
@@ -182,15 +186,17 @@ class Trainer:
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything needed to resume bit-exactly, as (tensors for safetensors, JSON-able metadata)."""
         model = self.accelerator.unwrap_model(self.model)
-        tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters()
+                   if p.requires_grad}
         opt = self.optimizer.state_dict()
-        tensors.update({f"opt.{i}.{k}": v.contiguous() for i, st in opt["state"].items() for k, v in st.items()})
+        tensors.update({f"opt.{i}.{k}": v.contiguous() for i, st in opt["state"].items()
+                        for k, v in st.items()})
         tensors["rng.torch"] = torch.get_rng_state()
         extra_tensors, extra_meta = self.extra_state()
         tensors.update({f"extra.{k}": v.contiguous() for k, v in extra_tensors.items()})
-        meta = {"step": self.global_step, "fingerprint": self.fingerprint, "param_groups": opt["param_groups"],
-                "scheduler": self.scheduler.state_dict(), "history": self.history, "window": self._window,
-                "extra": extra_meta}
+        meta = {"step": self.global_step, "fingerprint": self.fingerprint,
+                "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
+                "history": self.history, "window": self._window, "extra": extra_meta}
         json.dumps(meta)  # fail here, not half-way through writing, if something is not JSON-able
         return tensors, meta
 
@@ -272,7 +278,8 @@ class BatchTrainer(Trainer):
     with the batch sampler's.
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: LossFn, batches: BatchSource, cfg: Any, **kwargs: Any):
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFn, batches: BatchSource, cfg: Any,
+                 **kwargs: Any):
         kwargs.setdefault("seed", getattr(cfg, "seed", 0))
         super().__init__(model, cfg, **kwargs)
         self.loss_fn, self.batches = loss_fn, batches
@@ -292,6 +299,7 @@ class BatchTrainer(Trainer):
         self.noise.set_state(tensors["noise_rng"])
 
 
-def train(model: torch.nn.Module, loss_fn: LossFn, batches: BatchSource, cfg: Any, **kwargs: Any) -> dict[str, float]:
+def train(model: torch.nn.Module, loss_fn: LossFn, batches: BatchSource, cfg: Any,
+          **kwargs: Any) -> dict[str, float]:
     """`BatchTrainer(model, loss_fn, batches, cfg, **kwargs).train()`: the last logged window's metrics."""
     return BatchTrainer(model, loss_fn, batches, cfg, **kwargs).train()

@@ -62,10 +62,11 @@ def run_fta(
 ) -> tuple[dict[str, float], list[tuple[int, dict[str, float]]]]:
     """Fine-tune `model` under action guidance on `examples` (``prompt`` / ``completion`` dicts).
 
-    Returns the final logged metrics and the logged curve. The metrics are of the world-model fine-tune (`loss` = response CE of the world model
-    under the guiding actions, `tokens_per_second`, `action_usage_perplexity`, ...); FTA-I adds its re-BC
-    metrics prefixed ``rebc_``. `on_log(step, metrics)` sees the same keys; FTA-I's re-BC steps continue after
-    the world-model steps so one MLflow run holds both curves. `inputs_fingerprint` should identify the starting model (e.g. `file_digest` of its folder), which
+    Returns the final logged metrics and the logged curve. The metrics are of the world-model fine-tune
+    (`loss` = response CE of the world model under the guiding actions, `tokens_per_second`,
+    `action_usage_perplexity`, ...); FTA-I adds its re-BC metrics prefixed ``rebc_``. `on_log(step, metrics)`
+    sees the same keys; FTA-I's re-BC steps continue after the world-model steps so one MLflow run holds both
+    curves. `inputs_fingerprint` should identify the starting model (e.g. `file_digest` of its folder), which
     this function cannot hash cheaply. The model is left frozen (`set_stage("frozen")`, which also resets the
     gradient route) and in eval mode.
     """
@@ -104,8 +105,9 @@ def run_fta(
             return behaviour_cloning_loss(model, batch["input_ids"], batch["attention_mask"],
                                           loss_mask=batch["loss_mask"])
 
-        rebc = BatchTrainer(model, rebc_loss, rebc_batches, rebc_cfg, checkpoint_dir=_sub(folder, "fta_i_policy"),
-                            on_log=rebc_log, description="fta_i_policy", fingerprint=stamp)
+        rebc = BatchTrainer(model, rebc_loss, rebc_batches, rebc_cfg,
+                            checkpoint_dir=_sub(folder, "fta_i_policy"), on_log=rebc_log,
+                            description="fta_i_policy", fingerprint=stamp)
         rebc_metrics = rebc.train()
         metrics = {**metrics, **{f"rebc_{k}": v for k, v in rebc_metrics.items()}}
         history = world.history + [(offset + step, {f"rebc_{k}": v for k, v in values.items()})
@@ -120,8 +122,8 @@ def run_fta(
 def _world_model_loss_fn(model: CoLAForCausalLM, action_source: str):
     def loss_fn(batch: dict[str, torch.Tensor], _generator: torch.Generator) -> LossOutput:
         # Deterministic actions (argmax), so the loop's noise generator is not needed.
-        out = world_model_loss(model, batch["input_ids"], batch["attention_mask"], action_source=action_source,
-                               loss_mask=batch["loss_mask"])
+        out = world_model_loss(model, batch["input_ids"], batch["attention_mask"],
+                               action_source=action_source, loss_mask=batch["loss_mask"])
         # Usage perplexity of the guiding actions on the scored slots (K = all used evenly, 1 = a single one).
         mask = batch["attention_mask"].bool()
         slots = mask[:, 1:] & mask[:, :-1] & batch["loss_mask"][:, 1:].bool()
@@ -163,8 +165,8 @@ def run_sft(
 
     The same data, batches and budget as `run_fta`, so the token-level RL baseline starts from a model that
     saw exactly what CoLA's world model saw. Returns the final logged metrics (`loss`, `tokens_per_second`,
-    ...) and the logged curve, and leaves the model in eval mode (its parameters stay trainable). Checkpoints go to
-    ``checkpoint_dir/sft``; `inputs_fingerprint` as in `run_fta`.
+    ...) and the logged curve, and leaves the model in eval mode (its parameters stay trainable). Checkpoints
+    go to ``checkpoint_dir/sft``; `inputs_fingerprint` as in `run_fta`.
     """
     torch.set_num_threads(cfg.threads)
     base_model.requires_grad_(True)
@@ -176,8 +178,8 @@ def run_sft(
 
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     stamp = fingerprint(asdict(cfg), examples_digest(examples), inputs_fingerprint)
-    trainer = BatchTrainer(base_model, loss_fn, batches, cfg, checkpoint_dir=_sub(folder, "sft"), on_log=on_log,
-                           description="sft", fingerprint=stamp)
+    trainer = BatchTrainer(base_model, loss_fn, batches, cfg, checkpoint_dir=_sub(folder, "sft"),
+                           on_log=on_log, description="sft", fingerprint=stamp)
     metrics = trainer.train()
     base_model.eval()
     return metrics, trainer.history

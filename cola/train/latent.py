@@ -1,7 +1,8 @@
 """The `latent` stage (cola-spec.md stage 1): IDM + codebook + merge blocks on a frozen base.
 
-Loss: next-token CE under straight-through Gumbel-max IDM actions plus the entropy bonus. Diagnostics on held-out
-text: world-model loss with IDM actions vs the frozen base's loss, and action usage (codes alive, largest share).
+Loss: next-token CE under straight-through Gumbel-max IDM actions plus the entropy bonus. Diagnostics on
+held-out text: world-model loss with IDM actions vs the frozen base's loss, and action usage (codes alive,
+largest share).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def run_latent(cfg: LatentConfig, corpus: Path, base_dir: Path, out_dir: Path, *
                checkpoint_dir: Path | None = None, on_log: LogFn | None = None) -> StageResult:
     """Train the latent-action modules on the frozen base; save the CoLA folder (with tokenizer) to `out_dir`.
 
-    Metrics: the held-out diagnostics of spec §10 (i)-(ii); figures: the loss curves and the IDM's action usage.
+    Metrics: the held-out diagnostics of spec §10 (i)-(ii); figures: the loss curves and the IDM's action
+    usage.
     """
     torch.set_num_threads(cfg.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -44,12 +46,14 @@ def run_latent(cfg: LatentConfig, corpus: Path, base_dir: Path, out_dir: Path, *
     batches = TokenStream(token_stream(train_file, tokenizer), cfg.batch_size, cfg.seq_len, seed=cfg.seed)
 
     def loss_fn(batch: torch.Tensor, generator: torch.Generator):
-        return latent_pretraining_loss(model, batch, generator=generator, gumbel_temperature=cfg.gumbel_temperature,
+        return latent_pretraining_loss(model, batch, generator=generator,
+                                       gumbel_temperature=cfg.gumbel_temperature,
                                        entropy_coef=cfg.entropy_coef)
 
     trainer = BatchTrainer(model, loss_fn, batches, cfg, checkpoint_dir=checkpoint_dir, on_log=on_log,
                            description="latent",
-                           fingerprint=fingerprint(asdict(cfg), file_digest(train_file), file_digest(base_dir)))
+                           fingerprint=fingerprint(asdict(cfg), file_digest(train_file),
+                                                   file_digest(base_dir)))
     trainer.train()
     model.set_stage("frozen")
     save_hf_folder(model, tokenizer, out_dir)

@@ -47,9 +47,9 @@ def latent_pretraining_loss(
 ) -> LossOutput:
     """Stage 1: CE under straight-through Gumbel-max IDM actions plus the entropy bonus.
 
-    L = CE(ℓ_t, x_{t+1}) + c · mean_t Σ_k p_{t,k} log p_{t,k}; minimising the second term maximises the entropy
-    of the relaxed probabilities p (temperature τ = `gumbel_temperature`, c = `entropy_coef`; the paper's
-    values are the defaults), the method's only defence against codebook collapse.
+    L = CE(ℓ_t, x_{t+1}) + c · mean_t Σ_k p_{t,k} log p_{t,k}; minimising the second term maximises the
+    entropy of the relaxed probabilities p (temperature τ = `gumbel_temperature`, c = `entropy_coef`; the
+    paper's values are the defaults), the method's only defence against codebook collapse.
     """
     positions = _positions(attention_mask)
     with torch.no_grad():
@@ -72,8 +72,8 @@ def behaviour_cloning_loss(
 ) -> LossOutput:
     """Stage 2 (and FTA-I policy re-BC): CE of the policy logits at t against the IDM argmax label at slot t.
 
-    `loss_mask` (B, T) restricts the loss to slots whose produced token x_{t+1} is marked (e.g. responses only);
-    by default every slot with a real next token counts.
+    `loss_mask` (B, T) restricts the loss to slots whose produced token x_{t+1} is marked (e.g. responses
+    only); by default every slot with a real next token counts.
     """
     positions = _positions(attention_mask)
     with torch.no_grad():

@@ -1,9 +1,9 @@
 """Supervised fine-tuning batches over task examples (FTA and the token-level SFT baseline).
 
-Each example becomes one sequence ``EOS + prompt + completion + EOS``: the leading EOS plays the BOS role, as in
-the pretraining corpus (examples joined by EOS), so the model sees the same context shape at fine-tuning and
-at generation time. Prompt and completion are tokenised *separately* so the prompt/response boundary is exact
-and the prompt tokens are the ones the model will see when it is given the prompt alone at test time.
+Each example becomes one sequence ``EOS + prompt + completion + EOS``: the leading EOS plays the BOS role, as
+in the pretraining corpus (examples joined by EOS), so the model sees the same context shape at fine-tuning
+and at generation time. Prompt and completion are tokenised *separately* so the prompt/response boundary is
+exact and the prompt tokens are the ones the model will see when it is given the prompt alone at test time.
 
 Batches are **right-padded** and carry a ``loss_mask`` that marks the completion tokens and the final EOS
 (response-only loss, as the authors' SFT masks prompts). Right padding is fine for training even though the

@@ -1,87 +1,23 @@
-"""The `cola` command line: evaluate and sample any model folder, compare pipeline runs, open the MLflow UI,
-switch the params profile.
-
-    cola eval MODEL --task arith --task perplexity --out results.json
-    cola eval MODEL --task math500_local --math500-path test.jsonl --samples 16 --out math.json
-    cola generate MODEL "Q: Calculate 3 + 4. A:" --greedy-actions
-    cola compare -n 5 --format markdown
-    cola ui --port 5000
-    cola profile smollm2-135m
-
-User errors (a bad path, an unknown task, an unreadable tracking store) print one `error: ...` line on stderr
-and exit with code 2. Heavy imports (torch, transformers, mlflow) happen inside the commands, so `--help`
-is fast.
-"""
+"""`cola eval` (a model folder on tasks: a summary table, a results JSON, an MLflow run) and `cola generate`
+(continue one prompt, with its latent actions)."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import enum
-import fnmatch
-import io
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cola.errors import ColaError, user_errors
-from cola.io import atomic_write_json
-
-app = typer.Typer(
-    name="cola",
-    help="CoLA (Controlling LLMs with Latent Actions): evaluate, sample and compare models and runs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,  # bugs keep a plain traceback; user errors are one line (_user_errors)
-)
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class CliError(ColaError):
-    """A command line that cannot run as given."""
-
-
-def _load(model: Path, threads: int | None):
-    """(model, tokenizer, kind) of a model folder; torch imported only now."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from cola.model.checkpoint import load_model_and_tokenizer
-
-    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one-line results and errors
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return load_model_and_tokenizer(model)
-    except (OSError, ValueError) as exc:  # transformers' own complaints about a folder that is no model
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise CliError(f"{model}: cannot load a model ({first})") from None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically so a reader never sees half a results file."""
-    atomic_write_json(path, data, indent=1, ensure_ascii=False, default=str)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-# --------------------------------------------------------------------------------------------- eval
+from cola.cli.app import CliError, _fmt, _load, _write_json, app, err, out
+from cola.errors import user_errors
 
 
 class ActionMode(enum.StrEnum):
@@ -390,184 +326,3 @@ def generate(
         )
         if show_tokens:
             out.print(_token_table(tokenizer, record["token_ids"], actions))
-
-
-# --------------------------------------------------------------------------------------------- compare
-
-
-class Format(enum.StrEnum):
-    table = "table"
-    markdown = "markdown"
-    csv = "csv"
-
-
-def _param_key(stage: str, key: str) -> str:
-    """Stage params are usually logged with their section prefix already (`latent.lr`); add it otherwise."""
-    return key if key.startswith(f"{stage}.") else f"{stage}.{key}"
-
-
-def _pipeline_params(run: dict[str, Any]) -> dict[str, str]:
-    return {
-        _param_key(stage, k): v for stage, info in run["stages"].items() for k, v in info["params"].items()
-    }
-
-
-def _pipeline_metrics(run: dict[str, Any]) -> dict[str, float]:
-    """Each stage's summary metrics as `stage/metric`: the parent run carries them; else the stage runs."""
-    if run["metrics"]:
-        return dict(run["metrics"])
-    return {f"{stage}/{k}": v for stage, info in run["stages"].items() for k, v in info["metrics"].items()}
-
-
-def comparison(
-    runs: list[dict[str, Any]], metric_patterns: list[str] | None = None, all_params: bool = False
-) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) comparing pipeline runs (newest first) as columns: identity rows, then the params whose
-    values differ between the runs (all of them with `all_params`), then the headline metrics."""
-    header = ["", *[f"#{i + 1} {run['dvc_exp'] or ''}".strip() for i, run in enumerate(runs)]]
-    rows = [
-        ["started (UTC)", *[(r["start_time"] or "-")[:19].replace("T", " ") for r in runs]],
-        ["status", *[_fmt(r["status"]) for r in runs]],
-        ["commit", *[(r["git_commit"] or "-")[:8] for r in runs]],
-        ["profile", *[_fmt(r["profile"]) for r in runs]],
-    ]
-    params = [_pipeline_params(r) for r in runs]
-    for key in sorted(set().union(*params)):
-        values = [p.get(key) for p in params]
-        if all_params or len({v for v in values if v is not None}) > 1:
-            rows.append([f"param {key}", *map(_fmt, values)])
-    metrics = [_pipeline_metrics(r) for r in runs]
-    for key in sorted(set().union(*metrics)):
-        if metric_patterns and not any(fnmatch.fnmatch(key, pat) for pat in metric_patterns):
-            continue
-        rows.append([key, *[_fmt(m.get(key)) for m in metrics]])
-    return header, rows
-
-
-def render(header: list[str], rows: list[list[str]], fmt: Format) -> str | Table:
-    """The comparison as a rich table, a Markdown table or CSV text."""
-    if fmt == Format.csv:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([header[0] or "key", *header[1:]])
-        writer.writerows(rows)
-        return buffer.getvalue()
-    if fmt == Format.markdown:
-
-        def line(cells: list[str]) -> str:
-            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-        return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
-    table = Table(show_lines=False)
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-@app.command()
-def compare(
-    n: Annotated[int, typer.Option("-n", "--last", help="How many recent pipeline executions.", min=1)] = 5,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
-    metric: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metric", "-m", help="Only metrics matching this glob (repeatable), e.g. 'evaluate/*'."
-        ),
-    ] = None,
-    all_params: Annotated[
-        bool, typer.Option("--all-params", help="Show every param, not only those that differ.")
-    ] = False,
-) -> None:
-    """Compare the last N pipeline executions logged to MLflow: differing params and headline metrics."""
-    with user_errors():
-        from cola.tracking import recent_pipeline_runs, tracking_uri
-
-        runs = recent_pipeline_runs(n)
-        if not runs:
-            err.print(f"no pipeline runs in {tracking_uri()}")
-            return
-        header, rows = comparison(runs, metric, all_params)
-        rendered = render(header, rows, fmt)
-        if isinstance(rendered, str):
-            typer.echo(rendered.rstrip("\n"))
-        else:
-            out.print(rendered)
-
-
-# --------------------------------------------------------------------------------------------- ui
-
-
-def ui_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    """The `mlflow ui` command line on the project's tracking store (the venv's mlflow, via this Python)."""
-    from cola.tracking import tracking_uri
-
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        tracking_uri(),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-
-
-@app.command()
-def ui(
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 5000,
-    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1 keeps it local).")] = "127.0.0.1",
-) -> None:
-    """Open the MLflow UI on the project's tracking store (MLFLOW_TRACKING_URI, else <repo>/mlflow.db)."""
-    with user_errors():
-        argv = ui_command(port, host)
-        err.print(f"MLflow UI on http://{host}:{port} (store {argv[argv.index('--backend-store-uri') + 1]})")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            os.execv(argv[0], argv)  # replace this process: Ctrl-C goes straight to the server
-        except OSError as exc:
-            raise CliError(f"cannot start mlflow ui ({exc.strerror or exc})") from None
-
-
-# --------------------------------------------------------------------------------------------- profile
-
-
-@app.command()
-def profile(
-    name: Annotated[
-        str | None,
-        typer.Argument(
-            help="Profile name, e.g. tiny, smoke, smollm2-135m, llama-3.1-8b; omit to list them.", show_default=False
-        ),
-    ] = None,
-    profiles_dir: Annotated[Path, typer.Option(help="Folder of profile override files.")] = Path("configs/profiles"),
-    params: Annotated[Path, typer.Option(help="The params file to write.")] = Path("params.yaml"),
-) -> None:
-    """Switch params.yaml to a scale profile: the defaults with configs/profiles/NAME.yaml's overrides on top."""
-    from cola.config.profiles import available_profiles, write_profile
-
-    with user_errors():
-        if name is None:
-            names = available_profiles(profiles_dir)
-            for item in names:
-                out.print(item)
-            if not names:
-                err.print(f"no profiles in {profiles_dir}")
-            return
-        write_profile(name, profiles_dir, params)  # validated first, then atomic: a bad profile changes nothing
-        out.print(f"{params} <- defaults + {profiles_dir / (name + '.yaml')} (profile {name}); run `dvc repro`")
-
-
-def main() -> None:  # pragma: no cover - `python -m cola.cli`
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
