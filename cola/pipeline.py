@@ -22,7 +22,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,9 @@ class StageContext:
     params: PipelineParams
     args: argparse.Namespace
     run: Any  # cola.tracking.StageRun
-    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
     def on_log(self, step: int, metrics: dict[str, Any]) -> None:
-        """Step metrics from a trainer: to the tracking run (and `history`)."""
-        self.history.append((step, dict(metrics)))
+        """Step metrics from a trainer, to the tracking run."""
         self.run.log_metrics(metrics, step)
 
     def finish(self, result: StageResult, figures: Mapping[str, Path] | None = None,
