@@ -140,6 +140,22 @@ def test_the_config_package_imports_no_torch():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_prepare_stage_runs_without_torch(tmp_path):
+    """A pure-Python stage pays for no deep-learning import: the whole `prepare` stage, smoke profile."""
+    from cola.config.profiles import write_profile
+
+    params = write_profile("smoke", REPO / "configs" / "profiles", tmp_path / "params.yaml")
+    env = {"COLA_PARAMS": str(params), "COLA_TRACKING": "off", "PATH": str(Path(sys.executable).parent)}
+    argv = ["stages/prepare.py", "--out", str(tmp_path / "data"), "--metrics", str(tmp_path / "prepare.json")]
+    result = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not imported & {"torch", "transformers"}, imported & {"torch", "transformers"}
+    assert (tmp_path / "data" / "tasks" / "test" / "arith.jsonl").is_file()
+
+
 # --------------------------------------------------------------------------------------------- params
 
 
