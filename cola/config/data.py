@@ -32,6 +32,9 @@ class PrepareConfig:
                                     "a task.", min=1)
 
     def __post_init__(self) -> None:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError("test_fraction + val_fraction must leave a train share "
+                             f"(got {self.test_fraction} + {self.val_fraction})")
         unknown = sorted(set(self.n_train) - set(task_names()))
         if unknown:
             raise ValueError(f"n_train names unknown tasks {unknown}; known: {', '.join(task_names())}")

@@ -12,6 +12,7 @@ defaults are the `tiny` profile's (calibration.md), and `params.yaml` equals the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from cola.config.fields import override, param
@@ -77,6 +78,14 @@ class TinyBaseConfig:
     intermediate_size: int = param(512, "SwiGLU width.", min=1)
     max_position_embeddings: int = param(1024, "Longest sequence (RoPE).", min=16)
 
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads "
+                             f"({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                             f"({self.num_kv_heads})")
+
 
 @dataclass
 class BaseConfig(TrainConfig):
@@ -95,6 +104,13 @@ class BaseConfig(TrainConfig):
     lr: float = override(TrainConfig, "lr", 3e-3)
     weight_decay: float = override(TrainConfig, "weight_decay", 0.1)
     log_every: int = override(TrainConfig, "log_every", 50)
+
+    def __post_init__(self) -> None:
+        # A local path that is not there is a typo or a moved folder: say so now, not after upstream stages.
+        local = self.hf_path.startswith(("/", "./", "../", "~"))
+        if self.source == "hf" and local and not Path(self.hf_path).expanduser().is_dir():
+            raise ValueError(f"hf_path {self.hf_path!r} is not a folder (a local base model folder, or a hub "
+                             "id such as meta-llama/Llama-3.1-8B)")
 
 
 @dataclass

@@ -7,11 +7,7 @@ from pathlib import Path
 
 import torch
 
-
-def read_lines(path: Path) -> list[str]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: corpus file missing (run the prepare stage first)")
-    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+from cola.io import read_text_lines
 
 
 def pack_lines(lines: list[str], tokenizer) -> torch.Tensor:
@@ -26,7 +22,7 @@ def pack_lines(lines: list[str], tokenizer) -> torch.Tensor:
 
 
 def token_stream(path: Path, tokenizer) -> torch.Tensor:
-    return pack_lines(read_lines(path), tokenizer)
+    return pack_lines(read_text_lines(path), tokenizer)
 
 
 def validation_batches(stream: torch.Tensor, seq_len: int, max_tokens: int) -> torch.Tensor:

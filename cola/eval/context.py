@@ -6,7 +6,6 @@ runners of :mod:`cola.eval.runner` read everything from it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from cola.errors import ColaError
+from cola.io import read_jsonl, read_text_lines
 
 
 class EvalError(ColaError):
@@ -43,17 +43,6 @@ class EvalContext:
     def task_dir(self) -> Path:
         return Path(self.data_dir) / "tasks" / self.split
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """One JSON object per non-empty line; a bad line is a one-line EvalError naming the file and line."""
-    rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-    return rows
-
 def task_files(data_dir: Path | str, split: str) -> dict[str, Path]:
     """Task name → `<data_dir>/tasks/<split>/<task>.jsonl` for the task files that exist."""
     folder = Path(data_dir) / "tasks" / split
@@ -71,7 +60,7 @@ def heldout_lines(ctx: EvalContext) -> list[str]:
     """`<data_dir>/corpus/<split>.txt` if it exists, else the `text` of every example of the split's tasks."""
     corpus = Path(ctx.data_dir) / "corpus" / f"{ctx.split}.txt"
     if corpus.is_file():
-        lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line]
+        lines = read_text_lines(corpus)
     else:
         lines = [
             ex["text"] for path in task_files(ctx.data_dir, ctx.split).values() for ex in read_jsonl(path)

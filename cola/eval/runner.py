@@ -22,12 +22,12 @@ from cola.eval.context import (
     default_max_new_tokens,
     heldout_lines,
     heldout_prefixes,
-    read_jsonl,
     task_files,
 )
 from cola.eval.perplexity import perplexity
 from cola.eval.probes import action_following_probe, semantic_diversity_eval
 from cola.eval.scoring import sampled_task_accuracy, task_accuracy
+from cola.io import read_jsonl
 
 
 def _run_file_task(name: str, ctx: EvalContext) -> dict[str, Any]:

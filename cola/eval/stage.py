@@ -14,12 +14,11 @@ import torch
 
 from cola import plots
 from cola.config import EvaluateConfig
-from cola.data.corpus import read_lines
-from cola.eval.context import cut_prefixes, default_max_new_tokens, read_jsonl
+from cola.eval.context import cut_prefixes, default_max_new_tokens
 from cola.eval.perplexity import perplexity
 from cola.eval.probes import action_following_probe, semantic_diversity_eval
 from cola.eval.scoring import task_accuracy
-from cola.io import atomic_dir
+from cola.io import atomic_dir, read_jsonl, read_text_lines
 from cola.model.checkpoint import load_model_and_tokenizer
 from cola.results import StageResult
 
@@ -30,7 +29,7 @@ def run_evaluate(cfg: EvaluateConfig, test_dir: Path, heldout: Path, base_dir: P
     `out_dir`."""
     torch.set_num_threads(cfg.threads)
     models = {"base": base_dir, "cola": cola_dir}
-    val_lines = read_lines(heldout)
+    val_lines = read_text_lines(heldout)
     summary: dict[str, float] = {}
     loaded = {}
     with atomic_dir(out_dir) as tmp:

@@ -56,9 +56,8 @@ def check_checkpoint(path: str | Path) -> None:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{config_file}: missing (not a CoLA checkpoint folder)")
+    check_safe_weights(folder)
     files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{folder}: no *.safetensors weight files")
     try:
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, OSError, json.JSONDecodeError) as err:
@@ -88,7 +87,7 @@ def check_checkpoint(path: str | Path) -> None:
 def load_cola(path: str | Path, **kwargs) -> CoLAForCausalLM:
     """Check then load a CoLA checkpoint folder (`kwargs` go to `from_pretrained`, e.g. `dtype`)."""
     check_checkpoint(path)
-    return CoLAForCausalLM.from_pretrained(path, **kwargs)
+    return CoLAForCausalLM.from_pretrained(path, use_safetensors=True, **kwargs)
 
 
 def is_cola_folder(path: str | Path) -> bool:
@@ -97,13 +96,64 @@ def is_cola_folder(path: str | Path) -> bool:
     return config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "cola"
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_safe_weights(folder: Path) -> None:
+    """Weights are loaded from safetensors only (a pickle file can run code when it is unpickled), and each
+    file is checked to be complete first, so a truncated one is named instead of failing in the loader."""
+    weights = sorted(folder.glob("*.safetensors"))
+    for file in weights:
+        read_safetensors_header(file)
+    if weights:
+        return
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+    if pickles:
+        raise CheckpointError(
+            f"{folder}: only pickle weights ({', '.join(pickles)}); cola loads safetensors only, since "
+            "unpickling can run code: convert a model you trust with "
+            "`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(out)`")
+    raise CheckpointError(f"{folder}: no *.safetensors weight files")
+
+
+def load_causal_lm(source: str | Path, **kwargs):
+    """`AutoModelForCausalLM.from_pretrained` from a folder or hub id, safely: safetensors only, never remote
+    code, and a model that needs either (or an id not in the offline cache) is one `CheckpointError` line."""
+    from transformers import AutoModelForCausalLM
+
+    needs_code = False
+    if Path(source).is_dir():
+        check_safe_weights(Path(source))
+        config = Path(source) / "config.json"
+        needs_code = config.is_file() and "auto_map" in json.loads(config.read_text())
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, trust_remote_code=False,
+                                                    **kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(_load_failure(source, err, needs_code)) from None
+
+
+def _load_failure(source: str | Path, err: Exception, needs_code: bool) -> str:
+    """One line for what transformers says in many (a remote-code model, an id not in the offline cache)."""
+    text = " ".join(str(err).split())
+    if needs_code or "trust_remote_code" in text:
+        return (f"{source}: the model needs its own Python code (trust_remote_code), which cola never "
+                "runs; use a model transformers supports natively")
+    if not Path(source).exists() and ("offline" in text.lower() or "connect" in text.lower()
+                                      or "couldn't" in text.lower() or "not a valid model" in text.lower()):
+        return (f"{source}: not a local folder and not in the Hugging Face cache (the hub is not reachable "
+                "offline); download it on a connected machine and give its local folder instead")
+    return f"{source}: cannot load a causal LM ({text[:200]})"
+
+
 def load_model_and_tokenizer(path: str | Path, **kwargs):
     """Load any pipeline model folder: a CoLA checkpoint or a plain HF causal LM, each with its tokenizer.
 
     Every model folder the pipeline writes holds the tokenizer beside the weights, so one path is enough.
-    Returns (model in eval mode, tokenizer with left padding, kind) where kind is "cola" or "base".
+    Returns (model in eval mode, tokenizer with left padding, kind) where kind is "cola" or "base". Weights
+    load from safetensors only and never with remote code (`load_causal_lm`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     folder = Path(path)
     if not folder.is_dir():
@@ -113,9 +163,9 @@ def load_model_and_tokenizer(path: str | Path, **kwargs):
     else:
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{folder / 'config.json'}: missing (not a model folder)")
-        model, kind = AutoModelForCausalLM.from_pretrained(folder, **kwargs), "base"
+        model, kind = load_causal_lm(folder, **kwargs), "base"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left", trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{folder}: no usable tokenizer beside the weights ({err})") from None
     if tokenizer.pad_token_id is None:

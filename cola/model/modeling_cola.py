@@ -154,7 +154,7 @@ class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
         """Wrap a base causal LM (a loaded model or a folder / hub id) with freshly initialised CoLA
         modules."""
         if isinstance(base, str):
-            base = AutoModelForCausalLM.from_pretrained(base)
+            base = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True, trust_remote_code=False)
         for module in base.modules():  # keep the pretrained weights out of CoLA's initialisation
             module._is_hf_initialized = True
         config = CoLAConfig(base_config=base.config, **config_kwargs)

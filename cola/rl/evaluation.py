@@ -37,12 +37,11 @@ import torch
 
 from cola.comparison import aggregate, model_variants, rows
 from cola.config import RLEvalConfig
-from cola.data.corpus import read_lines
-from cola.eval.context import default_max_new_tokens, read_jsonl
+from cola.eval.context import default_max_new_tokens
 from cola.eval.generate import generate_texts
 from cola.eval.perplexity import perplexity
 from cola.eval.scoring import task_accuracy
-from cola.io import atomic_dir, file_digest, fingerprint
+from cola.io import atomic_dir, file_digest, fingerprint, read_jsonl, read_text_lines
 from cola.model.checkpoint import load_model_and_tokenizer
 from cola.results import StageResult
 from cola.tasks import scorer
@@ -80,7 +79,7 @@ def evaluate_model(folder: str | Path, cfg: RLEvalConfig, test_dir: Path, heldou
         result["records"][task] = scored.pop("records")
         result["tasks"][task] = scored
 
-    ppl = perplexity(model, tokenizer, kind, read_lines(heldout),
+    ppl = perplexity(model, tokenizer, kind, read_text_lines(heldout),
                      max_tokens=cfg.perplexity_tokens)
     ppl.pop("usage_histogram", None)
     result["perplexity"] = ppl

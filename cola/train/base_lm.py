@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from cola import plots
 from cola.base.tiny import build_tiny_base
 from cola.config import BaseConfig
-from cola.data.corpus import TokenStream, read_lines, token_stream, validation_batches
-from cola.io import file_digest, fingerprint
-from cola.model.checkpoint import save_hf_folder
+from cola.data.corpus import TokenStream, token_stream, validation_batches
+from cola.io import file_digest, fingerprint, read_text_lines
+from cola.model.checkpoint import load_causal_lm, save_hf_folder
 from cola.results import StageResult
 from cola.train.core import BatchTrainer, LogFn
 from cola.train.losses import LossOutput
@@ -51,17 +51,17 @@ def run_base(cfg: BaseConfig, corpus: Path, out_dir: Path, *, checkpoint_dir: Pa
         from cola.base.smollm2 import import_smollm2
 
         import_smollm2(out_dir)
-        model = AutoModelForCausalLM.from_pretrained(out_dir)
+        model = load_causal_lm(out_dir)
         tokenizer = AutoTokenizer.from_pretrained(out_dir)
     elif cfg.source == "hf":
-        model = AutoModelForCausalLM.from_pretrained(cfg.hf_path)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.hf_path, padding_side="left")
+        model = load_causal_lm(cfg.hf_path)  # one line if it is not a local folder nor in the offline cache
+        tokenizer = AutoTokenizer.from_pretrained(cfg.hf_path, padding_side="left", trust_remote_code=False)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         save_hf_folder(model, tokenizer, out_dir)
     else:
         train_file = corpus / "train.txt"
-        model, tokenizer = build_tiny_base(read_lines(train_file), cfg.tiny, seed=cfg.seed)
+        model, tokenizer = build_tiny_base(read_text_lines(train_file), cfg.tiny, seed=cfg.seed)
         batches = TokenStream(token_stream(train_file, tokenizer), cfg.batch_size, cfg.seq_len, seed=cfg.seed)
 
         def loss_fn(batch: torch.Tensor, _generator: torch.Generator) -> LossOutput:

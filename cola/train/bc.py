@@ -10,9 +10,9 @@ from transformers import AutoTokenizer
 
 from cola import plots
 from cola.config import BCConfig
-from cola.data.corpus import TokenStream, read_lines, token_stream
+from cola.data.corpus import TokenStream, token_stream
 from cola.eval.perplexity import perplexity
-from cola.io import file_digest, fingerprint
+from cola.io import file_digest, fingerprint, read_text_lines
 from cola.model.checkpoint import load_cola, save_hf_folder
 from cola.results import StageResult
 from cola.train.core import BatchTrainer, LogFn
@@ -40,7 +40,7 @@ def run_bc(cfg: BCConfig, corpus: Path, latent_dir: Path, out_dir: Path, *,
     model.set_stage("frozen")
     save_hf_folder(model, tokenizer, out_dir)
 
-    diag = perplexity(model, tokenizer, "cola", read_lines(corpus / "val.txt"), seq_len=cfg.seq_len,
+    diag = perplexity(model, tokenizer, "cola", read_text_lines(corpus / "val.txt"), seq_len=cfg.seq_len,
                       max_tokens=cfg.val_tokens)
     diag.pop("usage_histogram", None)
     diag["bc_top1"] = diag.pop("policy_idm_agreement")

@@ -11,15 +11,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from cola import plots
 from cola.config import CoLAArchitecture, LatentConfig
-from cola.data.corpus import TokenStream, read_lines, token_stream
+from cola.data.corpus import TokenStream, token_stream
 from cola.eval.perplexity import perplexity
-from cola.io import file_digest, fingerprint
+from cola.io import file_digest, fingerprint, read_text_lines
 from cola.model import CoLAForCausalLM
-from cola.model.checkpoint import save_hf_folder
+from cola.model.checkpoint import load_causal_lm, save_hf_folder
 from cola.results import StageResult
 from cola.train.core import BatchTrainer, LogFn
 from cola.train.losses import latent_pretraining_loss
@@ -40,7 +40,7 @@ def run_latent(cfg: LatentConfig, corpus: Path, base_dir: Path, out_dir: Path, *
     torch.set_num_threads(cfg.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     torch.manual_seed(cfg.seed)
-    model = cola_from_base(AutoModelForCausalLM.from_pretrained(base_dir), cfg.cola)
+    model = cola_from_base(load_causal_lm(base_dir), cfg.cola)
     model.set_stage("latent")
     train_file = corpus / "train.txt"
     batches = TokenStream(token_stream(train_file, tokenizer), cfg.batch_size, cfg.seq_len, seed=cfg.seed)
@@ -58,7 +58,7 @@ def run_latent(cfg: LatentConfig, corpus: Path, base_dir: Path, out_dir: Path, *
     model.set_stage("frozen")
     save_hf_folder(model, tokenizer, out_dir)
 
-    diag = perplexity(model, tokenizer, "cola", read_lines(corpus / "val.txt"), seq_len=cfg.seq_len,
+    diag = perplexity(model, tokenizer, "cola", read_text_lines(corpus / "val.txt"), seq_len=cfg.seq_len,
                       max_tokens=cfg.val_tokens, marginal=False)
     usage = diag.pop("usage_histogram")
     diag["wm_idm_over_base"] = diag["wm_loss_idm"] / diag["base_loss"]

@@ -15,7 +15,6 @@ token, which reads the next, padded position; that slot's target is padding and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,32 +22,18 @@ from typing import Any
 import torch
 
 from cola.errors import ColaError
+from cola.io import read_jsonl
 
 
 def load_task_examples(tasks_dir: str | Path, split: str, tasks: Sequence[str]) -> list[dict[str, Any]]:
     """Examples of `tasks` (in that order, file order within a task) from ``tasks_dir/<split>/<task>.jsonl``.
 
-    Raises FileNotFoundError naming the missing file (usually: the `prepare` stage has not run), and ColaError
-    for a line that is not a JSON object with string ``prompt`` and ``completion`` fields.
+    Raises FileNotFoundError naming the missing file (usually: the `prepare` stage has not run), and one
+    `cola.io.InputError` line naming the file and line of a row that is not a JSON object with string
+    ``prompt`` and ``completion`` (or not UTF-8).
     """
-    examples: list[dict[str, Any]] = []
-    for task in tasks:
-        path = Path(tasks_dir) / split / f"{task}.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(2, "No such file", str(path))
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    ex = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ColaError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-                if not (isinstance(ex, dict) and isinstance(ex.get("prompt"), str)
-                        and isinstance(ex.get("completion"), str)):
-                    raise ColaError(f"{path}:{lineno}: expected an object with string prompt and completion")
-                examples.append(ex)
-    return examples
+    files = [Path(tasks_dir) / split / f"{task}.jsonl" for task in tasks]
+    return [ex for path in files for ex in read_jsonl(path, required=("prompt", "completion"))]
 
 
 class SFTBatches:
