@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # Tests never log to the project's own MLflow store; the tracking tests point MLFLOW_TRACKING_URI at tmp_path.
 os.environ.setdefault("COLA_TRACKING", "off")
+# Runs kept for `cola track sync` when a test's store fails go to a throwaway folder, not the repository's.
+os.environ.setdefault("COLA_OUTBOX", tempfile.mkdtemp(prefix="cola-outbox-"))
 # Tiny test models run several times faster on one thread than on two (OpenMP overhead dominates).
 torch.set_num_threads(1)
 

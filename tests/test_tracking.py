@@ -148,8 +148,14 @@ def test_unavailable_tracking_still_writes_metrics_and_warns_once(
     warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings == [run.warning]
     assert warnings[0].startswith(f"warning: MLflow tracking unavailable ({uri}")
-    assert warnings[0].endswith("): metrics written to metrics/latent.json only")
+    tail = ("): metrics written to metrics/latent.json; `cola track sync` replays the run into MLflow "
+            "once it is back")
+    assert warnings[0].endswith(tail)
     assert run.run_id is None
+    # The run is kept for the replay: its params, steps and final metrics.
+    record = json.loads((Path(os.environ["COLA_OUTBOX"]) / f"{run.record_id}.json").read_text())
+    assert record["params"] == {"lr": 0.001} and record["steps"] == [[0, {"loss": 1.0}]]
+    assert record["summary"]["loss"] == 0.5 and record["status"] == "FINISHED"
 
 
 def test_store_failing_mid_run_warns_once_and_closes_the_runs(

@@ -8,13 +8,15 @@ switch the params profile.
     cola ui --port 5000
     cola profile smollm2-135m
     cola params rl
+    cola track sync
 
 User errors (a bad path, an unknown task, an unreadable tracking store) print one `error: ...` line on stderr
 and exit with code 2. Heavy imports (torch, transformers, mlflow) happen inside the commands, so `--help`
 is fast.
 
 Modules: `app` (the Typer app, consoles, shared helpers), one per command group: `evaluate` (eval, generate),
-`runs` (compare, ui), `profiles` (profile, params). Importing this package registers every command on `app`.
+`runs` (compare, ui), `profiles` (profile, params), `track` (track sync). Importing this package registers
+every command on `app`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 from cola.cli import evaluate, runs
 
 # isort: split
-from cola.cli import profiles
+from cola.cli import profiles, track
 from cola.cli.app import CliError, app
 from cola.cli.evaluate import ActionMode, eval_command, generate, run_task
 from cola.cli.profiles import params, profile
@@ -46,6 +48,7 @@ __all__ = [
     "render",
     "run_task",
     "runs",
+    "track",
     "ui",
     "ui_command",
 ]

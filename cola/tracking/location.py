@@ -70,3 +70,10 @@ def _artifact_location(uri: str) -> str | None:
 def experiment_name() -> str:
     """The project's single MLflow experiment: ``cola`` unless ``COLA_MLFLOW_EXPERIMENT`` says otherwise."""
     return os.environ.get("COLA_MLFLOW_EXPERIMENT", "").strip() or "cola"
+
+
+def outbox_dir() -> Path:
+    """Where stage runs that could not reach MLflow wait for `cola track sync`: ``COLA_OUTBOX``, else
+    ``<repo root>/.cola/outbox`` (the real root, also from inside a ``dvc exp run`` copy)."""
+    env = os.environ.get("COLA_OUTBOX", "").strip()
+    return Path(env) if env else repo_root() / ".cola" / "outbox"

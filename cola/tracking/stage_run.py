@@ -7,19 +7,22 @@ import datetime as _dt
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cola.config.describe import flatten
 from cola.errors import TrackingError
+from cola.io import atomic_write_json
 from cola.tracking.failures import _check_server, _quiet_mlflow, _short, _tracking_uri_safe
 from cola.tracking.identity import PARENT_TAG, RUN_TYPE_TAG, _pipeline_identity, dvc_exp_name, git_commit
-from cola.tracking.location import _artifact_location, experiment_name, tracking_uri
+from cola.tracking.location import _artifact_location, experiment_name, outbox_dir, tracking_uri
 from cola.tracking.metrics_file import _number, write_metrics_json
 
 # MLflow limits (mlflow/utils/validation.py): per log_batch call, and the longest param value.
 _MAX_PARAMS_PER_BATCH, _MAX_METRICS_PER_BATCH, _MAX_PARAM_LEN = 100, 1000, 6000
+RECORD_TAG = "cola.record_id"  # ties an MLflow run to its outbox record, so a replay never duplicates it
 
 
 class StageRun:
@@ -61,6 +64,11 @@ class StageRun:
         self.enabled = os.environ.get("COLA_TRACKING", "").strip().lower() not in {"0", "off", "false", "no"}
         self.warning: str | None = None  # the warning printed when tracking failed, for callers and tests
         self._summary: dict[str, int | float] = {}
+        # What an outbox record needs if MLflow fails: every logged step and the run's identity.
+        self.record_id = uuid.uuid4().hex
+        self._steps: list[tuple[int, dict[str, float]]] = []
+        self._tags: dict[str, str] = {}
+        self._start_ms = int(time.time() * 1000)
         self._buffer: list[Any] = []
         self._last_flush = 0.0
         self._last_step = 0
@@ -94,6 +102,8 @@ class StageRun:
                 self._guard(self._finish, status, wall, exc)
             else:
                 self._recover(status)
+            if self.warning is not None:  # tracking was wanted and failed: keep the run for `cola track sync`
+                self._write_record(status, wall)
         return False  # re-raise the body's exception
 
     def _start(self) -> None:
@@ -112,16 +122,42 @@ class StageRun:
             "pipeline_id": self.pipeline_id,
         }
         common["mlflow.source.git.commit"] = common["git_commit"]
+        self._tags = self._stage_tags(common)
         self.parent_run_id = _pipeline_parent(
             client, self.experiment_id, self.pipeline_id, common, not_before
         )
-        tags = {**common, RUN_TYPE_TAG: "stage", "stage": self.stage, PARENT_TAG: self.parent_run_id}
-        if os.environ.get("DVC_STAGE"):
-            tags["dvc_stage"] = os.environ["DVC_STAGE"]
-        tags.update(self.extra_tags)
+        tags = {**self._tags, PARENT_TAG: self.parent_run_id}
         self.run_id = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
         self._log_params(self.params)
         client.update_run(self.parent_run_id, status="RUNNING")
+
+    def _stage_tags(self, common: Mapping[str, str]) -> dict[str, str]:
+        """The stage run's tags, the parent's id aside (a replay finds or creates the parent itself)."""
+        tags = {**common, RUN_TYPE_TAG: "stage", "stage": self.stage, RECORD_TAG: self.record_id}
+        if os.environ.get("DVC_STAGE"):
+            tags["dvc_stage"] = os.environ["DVC_STAGE"]
+        tags.update(self.extra_tags)
+        return tags
+
+    def _write_record(self, status: str, wall: float) -> None:
+        """Everything `cola track sync` needs to replay this run (no MLflow involved: the store is down)."""
+        if not self._tags:  # MLflow failed before the run was set up: the identity without MLflow
+            pid, _ = _pipeline_identity()
+            common = {"git_commit": git_commit(), "dvc_exp": dvc_exp_name(), "profile": self.profile,
+                      "pipeline_id": pid}
+            common["mlflow.source.git.commit"] = common["git_commit"]
+            self._tags = self._stage_tags(common)
+        record = {
+            "record_id": self.record_id, "experiment": experiment_name(), "run_name": self.run_name,
+            "stage": self.stage, "status": status, "start_time": self._start_ms,
+            "end_time": int(time.time() * 1000), "tags": self._tags, "params": self.params,
+            "steps": self._steps, "summary": {**self._summary, "wall_clock_seconds": wall},
+            "metrics_path": str(self.metrics_path) if self.metrics_path is not None else None,
+        }
+        try:
+            atomic_write_json(outbox_dir() / f"{self.record_id}.json", record, indent=1)
+        except Exception as exc:  # noqa: BLE001 - the stage's own outputs are written; say what is lost
+            print(f"warning: could not keep the run for `cola track sync` ({exc})", file=sys.stderr)
 
     def _finish(self, status: str, wall: float, exc: BaseException | None) -> None:
         if self.run_id is None:
@@ -173,7 +209,7 @@ class StageRun:
             where = self.metrics_path if self.metrics_path is not None else "no metrics file"
             self.warning = (
                 f"warning: MLflow tracking unavailable ({_tracking_uri_safe()}: {_short(exc)}): "
-                f"metrics written to {where} only"
+                f"metrics written to {where}; `cola track sync` replays the run into MLflow once it is back"
             )
             print(self.warning, file=sys.stderr, flush=True)
             return None
@@ -185,6 +221,7 @@ class StageRun:
         # Validate even when tracking is off, so a bad value fails the same way with or without MLflow.
         values = {k: float(_number(k, v)) for k, v in metrics.items() if v is not None}
         self._last_step = max(self._last_step, int(step))
+        self._steps.append((int(step), values))
         if not self.enabled or self.run_id is None:
             return
         self._queue(values, int(step))
@@ -245,10 +282,7 @@ class StageRun:
     # ----------------------------------------------------------------------------- internals
 
     def _metric_entities(self, metrics: Mapping[str, Any], step: int) -> list[Any]:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        return [Metric(_clean_key(k), float(_number(k, v)), now, step) for k, v in metrics.items()]
+        return metric_entities(metrics, step)
 
     def _queue(self, metrics: Mapping[str, Any], step: int) -> None:
         if self.run_id is not None:
@@ -260,26 +294,38 @@ class StageRun:
         self._log_batch(self.run_id, metrics=buffer)
 
     def _log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+        log_batch(self.client, self.run_id, params=param_entities(params))
 
-        entities = [Param(_clean_key(k), str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()]
-        self._log_batch(self.run_id, params=entities)
+    def _log_batch(self, run_id: str | None, metrics: list | None = None, params: list | None = None,
+                   tags: list | None = None) -> None:
+        log_batch(self.client, run_id, metrics=metrics, params=params, tags=tags)
 
-    def _log_batch(
-        self,
-        run_id: str | None,
-        metrics: list | None = None,
-        params: list | None = None,
-        tags: list | None = None,
-    ) -> None:
-        """log_batch in chunks that respect MLflow's per-call limits."""
-        if run_id is None:
-            return
-        for i in range(0, len(metrics or []), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
-        for entities, kind in ((params, "params"), (tags, "tags")):
-            for i in range(0, len(entities or []), _MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(run_id, **{kind: entities[i : i + _MAX_PARAMS_PER_BATCH]})
+
+def metric_entities(metrics: Mapping[str, Any], step: int) -> list[Any]:
+    """MLflow `Metric`s of flat numeric metrics at one step (names cleaned for MLflow)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(_clean_key(k), float(_number(k, v)), now, step) for k, v in metrics.items()]
+
+
+def param_entities(params: Mapping[str, Any]) -> list[Any]:
+    """MLflow `Param`s of flat params (names cleaned, values cut to MLflow's limit)."""
+    from mlflow.entities import Param
+
+    return [Param(_clean_key(k), str(v)[:_MAX_PARAM_LEN]) for k, v in params.items()]
+
+
+def log_batch(client: Any, run_id: str | None, metrics: list | None = None, params: list | None = None,
+              tags: list | None = None) -> None:
+    """log_batch in chunks that respect MLflow's per-call limits."""
+    if run_id is None:
+        return
+    for i in range(0, len(metrics or []), _MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
+    for entities, kind in ((params, "params"), (tags, "tags")):
+        for i in range(0, len(entities or []), _MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, **{kind: entities[i : i + _MAX_PARAMS_PER_BATCH]})
 
 
 def _clean_key(key: str) -> str:
