@@ -48,24 +48,30 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path, params: dict) -> dict:
+    """A git + DVC project at `root` with this checkout's code and `params`; returns the env to run it with."""
     for name in ("cola", "stages", "configs"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    (root / "params.yaml").write_text(yaml.safe_dump(micro_params(), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(root), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "COLA_OUTBOX": str(root / ".cola" / "outbox"),
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("COLA_TRACKING", None)
     run(["git", "init", "-q"], root, env)
     run(["dvc", "init", "-q"], root, env)
-    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n.cola/\n")
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "micro pipeline"], root, env)
-    return root, env
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("project")
+    return root, make_project(root, micro_params())
 
 
 CORE_STAGES = ("prepare", "base", "latent", "bc", "evaluate")

@@ -240,6 +240,8 @@ class Trainer:
             print(f"note: ignoring the checkpoint in {folder}: it was written for other params or inputs")
             return
         self.load_state(load_file(str(folder / STATE_FILE)), meta)
+        done = " (finished)" if self.global_step >= self.cfg.steps else ""
+        print(f"{self.description}: resuming from step {self.global_step}{done}, checkpoint {folder}")
 
 
 class BatchSource(Protocol):
