@@ -363,3 +363,29 @@ def test_no_secret_reaches_the_tracking_store(tmp_path):
     stored += [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "mlartifacts" in p.parts]
     for name, secret in SECRETS.items():
         assert not any(secret.encode() in blob for blob in stored), f"{name} leaked into the tracking store"
+
+
+def test_no_unsafe_loading_in_the_code():
+    """No `torch.load` without `weights_only=True`, no `trust_remote_code=True`, and every `from_pretrained`
+    of model weights asks for safetensors, anywhere in cola/ (read from the source)."""
+    import ast
+
+    problems = []
+    for path in sorted((REPO / "cola").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            keywords = {k.arg: k.value for k in node.keywords}
+            where = f"{path.relative_to(REPO)}:{node.lineno}"
+            if node.func.attr == "load" and getattr(node.func.value, "id", "") == "torch":
+                flag = keywords.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    problems.append(f"{where}: torch.load without weights_only=True")
+            remote = keywords.get("trust_remote_code")
+            if isinstance(remote, ast.Constant) and remote.value is True:
+                problems.append(f"{where}: trust_remote_code=True")
+            model_class = getattr(node.func.value, "id", "")
+            if node.func.attr == "from_pretrained" and model_class.startswith("AutoModel") \
+                    and "gguf_file" not in keywords and "use_safetensors" not in keywords:
+                problems.append(f"{where}: {model_class}.from_pretrained without use_safetensors")
+    assert not problems, problems

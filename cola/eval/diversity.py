@@ -50,7 +50,8 @@ def _load() -> tuple:
 
     folder = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
+    model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                      dtype=torch.float32).eval()
     return tokenizer, model
 
 
