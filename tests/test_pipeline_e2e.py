@@ -49,7 +49,7 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def make_project(root: Path, params: dict) -> dict:
-    """A git + DVC project at `root` with this checkout's code and `params`; returns the env to run it with."""
+    """A git + DVC project at `root` with this checkout's code and `params`; returns the env to run it in."""
     for name in ("cola", "stages", "configs"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")

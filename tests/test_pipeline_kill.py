@@ -61,7 +61,8 @@ def test_a_killed_repro_resumes_to_the_uninterrupted_result(tmp_path):
 
     again = run(["dvc", "repro", "bc"], killed, env)
     assert ran_stages(again.stdout) == {"base", "latent", "bc"}, again.stdout  # prepare had finished
-    resumed = [line for line in (again.stdout + again.stderr).splitlines() if "base: resuming from step" in line]
+    output = (again.stdout + again.stderr).splitlines()
+    resumed = [line for line in output if "base: resuming from step" in line]
     assert resumed and "resuming from step 0" not in resumed[0], again.stdout[-3000:]
     assert untimed_metrics(killed) == untimed_metrics(straight)
 
