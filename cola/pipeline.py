@@ -95,8 +95,14 @@ def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
     key = "-".join(getattr(args, option) for option in choices)
     run_name = f"{name}@{key}" if key else name
     tags = {option: getattr(args, option) for option in choices}
-    with StageRun(run_name, params=flatten(cfg, prefix=name), profile=params.profile,
-                  metrics_path=getattr(args, "metrics", None), tags=tags) as run:
+    # What distinguishes one entry of a foreach stage from another (method, task) and where it read and wrote
+    # are params too, so comparing two stage runs in the UI shows them.
+    run_params = {**flatten(cfg, prefix=name),
+                  **{f"{name}.{option}": value for option, value in tags.items()},
+                  **{f"{name}.path.{path}": str(getattr(args, path)) for path in paths}}
+    with StageRun(run_name, params=run_params, profile=params.profile, tags=tags,
+                  metrics_path=getattr(args, "metrics", None), pipeline_params=flatten(params),
+                  source=f"stages/{name}.py") as run:
         start = time.perf_counter()
         main(StageContext(name, cfg, params, args, run))
         timing = {"stage_seconds": time.perf_counter() - start}

@@ -102,10 +102,13 @@ def test_math500_local_cola_writes_records_and_logs_mlflow(
         assert record["correct"] is False
 
     client = mlflow.MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("cola").experiment_id], "tags.stage = 'eval'")
-    assert len(runs) == 1
+    experiment = client.get_experiment_by_name("cola")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1  # one run per call, no parent
     run = runs[0]
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_name == "eval cola: math500_local"
+    assert run.info.run_id in result.output and run.data.tags["mlflow.source.name"] == "cola eval"
     assert run.data.tags["model_path"] == str((assets["root"] / "cola").resolve())
     assert run.data.params["tasks"] == "math500_local" and run.data.params["limit"] == "3"
     assert run.data.metrics["math500_local/accuracy"] == 0.0 and run.data.metrics["math500_local/n"] == 3

@@ -169,6 +169,23 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     curves = {"kl", "entropy", "response_length", "tokens_per_second", "seconds_per_step"}
     assert curves <= set(latest.data.metrics)
 
+    # Comparing the two pipeline executions in MLflow shows what changed and what it did.
+    experiment = client.get_experiment_by_name("cola")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parents = client.search_runs([experiment.experiment_id], "tags.`cola.run_type` = 'pipeline'",
+                                 order_by=["attributes.start_time DESC"], max_results=2)
+    exp_parent, repro_parent = parents
+    changed = {k for k in exp_parent.data.params.keys() | repro_parent.data.params.keys()
+               if exp_parent.data.params.get(k) != repro_parent.data.params.get(k)}
+    assert changed == {"rl.lr"} and len(exp_parent.data.params) > 150
+    for parent in parents:  # every stage's numbers, those DVC took from cache included
+        assert {"prepare/arith_train", "latent/wm_idm_over_base", "rl_cola-math/reward_end",
+                "report/cola_minus_token/math"} <= set(parent.data.metrics), sorted(parent.data.metrics)[:20]
+    assert exp_parent.data.metrics["prepare/arith_train"] == repro_parent.data.metrics["prepare/arith_train"]
+    token, cola = (mlflow_runs(env, f"rl@{name}")[2][0] for name in ("token-math", "cola-math"))
+    assert (token.data.params["rl.method"], cola.data.params["rl.method"]) == ("token", "cola")
+    assert token.data.tags["mlflow.source.name"] == "stages/rl.py"
+
 
 def upstream(stages: dict, name: str) -> set[str]:
     """Every stage whose outputs `name` depends on, transitively (by dvc.yaml's deps and outs)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,11 +56,6 @@ def _print_summary(results: dict[str, dict[str, Any]], title: str) -> None:
     out.print(table)
 
 
-def _standalone() -> bool:
-    """Not inside a DVC stage (DVC sets DVC_ROOT for every stage command) nor a named pipeline run."""
-    return not os.environ.get("DVC_ROOT") and not os.environ.get("COLA_PIPELINE_ID", "").strip()
-
-
 @contextlib.contextmanager
 def _eval_run(
     enabled: bool, model: Path, kind: str, tasks: list[str], settings: dict[str, Any]
@@ -74,19 +68,16 @@ def _eval_run(
     if not enabled:
         yield None
         return
-    from cola.tracking import RUN_TYPE_TAG, StageRun
+    from cola.tracking import StageRun, tracking_uri
 
     resolved = str(model.resolve())
     params = {"model_path": resolved, "kind": kind, "tasks": ",".join(tasks), **settings}
     tags = {"model_path": resolved, "eval.kind": kind, "eval.tasks": ",".join(tasks)}
-    with StageRun("eval", params=params, profile=None, metrics_path=None, run_name=f"eval {model.name}",
-                  tags=tags) as run:  # fmt: skip
-        if run.run_id is not None and run.parent_run_id is not None and _standalone():
-            # StageRun nests every run under a "pipeline" parent; for a hand-run `cola eval` that parent would
-            # show up in `cola compare` as a pipeline execution. Retyped, it stays a plain container run.
-            with contextlib.suppress(Exception):
-                run.client.set_tag(run.parent_run_id, RUN_TYPE_TAG, "eval")
-                run.client.set_tag(run.parent_run_id, "mlflow.runName", f"eval {model.name}")
+    name = f"eval {model.name}: {', '.join(tasks)}"
+    with StageRun("eval", params=params, profile=None, metrics_path=None, run_name=name, tags=tags,
+                  nested=False, source="cola eval") as run:
+        if run.run_id is not None:
+            err.print(f"MLflow run {run.run_id} ({tracking_uri()}); `cola ui` shows it")
         yield run
 
 

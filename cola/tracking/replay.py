@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from cola.errors import TrackingError
+from cola.tracking.experiment import experiment_id, pipeline_parent
 from cola.tracking.failures import _check_server, _quiet_mlflow, _short
 from cola.tracking.identity import PARENT_TAG
 from cola.tracking.location import _artifact_location, outbox_dir, tracking_uri
 from cola.tracking.stage_run import (
     RECORD_TAG,
     _clean_key,
-    _experiment_id,
-    _pipeline_parent,
     log_batch,
     metric_entities,
     param_entities,
@@ -80,13 +79,13 @@ def sync(folder: Path | None = None) -> SyncResult:
 
 def _replay(client: Any, uri: str, record: dict[str, Any]) -> str:
     """Put one record into the store; returns which kind of work it was (created, completed, already)."""
-    experiment = _experiment_id(client, record["experiment"], _artifact_location(uri))
+    experiment = experiment_id(client, record["experiment"], uri, _artifact_location(uri))
     found = client.search_runs([experiment], filter_string=f"tags.`{RECORD_TAG}` = '{record['record_id']}'",
                                max_results=1)
     if found and found[0].data.tags.get(SYNCED_TAG) == "1":
         return "already"
     tags = record["tags"]
-    parent = _pipeline_parent(client, experiment, tags["pipeline_id"], {
+    parent = pipeline_parent(client, experiment, tags["pipeline_id"], {
         k: tags[k] for k in ("git_commit", "dvc_exp", "profile", "pipeline_id", "mlflow.source.git.commit")
         if k in tags})
     if found:

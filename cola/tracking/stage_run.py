@@ -3,7 +3,6 @@ metrics file. MLflow is an observer: any failure turns tracking off for the stag
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import sys
 import time
@@ -13,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cola.config.describe import flatten
-from cola.errors import TrackingError
 from cola.io import atomic_write_json
+from cola.tracking.experiment import declared_metrics, experiment_id, pipeline_parent
 from cola.tracking.failures import _check_server, _quiet_mlflow, _short, _tracking_uri_safe
 from cola.tracking.identity import PARENT_TAG, RUN_TYPE_TAG, _pipeline_identity, dvc_exp_name, git_commit
 from cola.tracking.location import _artifact_location, experiment_name, outbox_dir, tracking_uri
@@ -36,6 +35,9 @@ class StageRun:
         run_name: MLflow run name (default: the stage name).
         tags: extra tags for the stage run.
         flush_interval: seconds between step-metric writes; calls in between are buffered (cheap).
+        pipeline_params: the whole pipeline's flat params, logged once on the pipeline's parent run.
+        source: what ran (``stages/latent.py``): MLflow's source name.
+        nested: under the pipeline execution's parent run (stages); False for a run of its own (`cola eval`).
     """
 
     def __init__(
@@ -48,6 +50,9 @@ class StageRun:
         run_name: str | None = None,
         tags: Mapping[str, Any] | None = None,
         flush_interval: float = 2.0,
+        pipeline_params: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        nested: bool = True,
     ) -> None:
         self.stage = stage
         self.params = flatten(params) if params is not None else {}
@@ -56,6 +61,8 @@ class StageRun:
         self.run_name = run_name or stage
         self.extra_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.flush_interval = flush_interval
+        self.pipeline_params = dict(pipeline_params or {})
+        self.source, self.nested = source, nested
         self.run_id: str | None = None
         self.parent_run_id: str | None = None
         self.pipeline_id: str | None = None
@@ -113,7 +120,7 @@ class StageRun:
         if uri.startswith(("http://", "https://")):
             _check_server(uri)
         client = self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = _experiment_id(client, experiment_name(), _artifact_location(uri))
+        self.experiment_id = experiment_id(client, experiment_name(), uri, _artifact_location(uri))
         self.pipeline_id, not_before = _pipeline_identity()
         common = {
             "git_commit": git_commit(),
@@ -123,17 +130,25 @@ class StageRun:
         }
         common["mlflow.source.git.commit"] = common["git_commit"]
         self._tags = self._stage_tags(common)
-        self.parent_run_id = _pipeline_parent(
-            client, self.experiment_id, self.pipeline_id, common, not_before
-        )
-        tags = {**self._tags, PARENT_TAG: self.parent_run_id}
+        tags = dict(self._tags)
+        if self.nested:
+            self.parent_run_id = pipeline_parent(client, self.experiment_id, self.pipeline_id, common,
+                                                 not_before)
+            tags[PARENT_TAG] = self.parent_run_id
         self.run_id = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
         self._log_params(self.params)
+        if self.parent_run_id is None:
+            return
+        if self.pipeline_params and not client.get_run(self.parent_run_id).data.params:
+            # The whole params.yaml on the parent, once: comparing two parents shows the param that changed.
+            log_batch(client, self.parent_run_id, params=param_entities(self.pipeline_params))
         client.update_run(self.parent_run_id, status="RUNNING")
 
     def _stage_tags(self, common: Mapping[str, str]) -> dict[str, str]:
         """The stage run's tags, the parent's id aside (a replay finds or creates the parent itself)."""
         tags = {**common, RUN_TYPE_TAG: "stage", "stage": self.stage, RECORD_TAG: self.record_id}
+        if self.source:
+            tags["mlflow.source.name"] = self.source
         if os.environ.get("DVC_STAGE"):
             tags["dvc_stage"] = os.environ["DVC_STAGE"]
         tags.update(self.extra_tags)
@@ -168,13 +183,14 @@ class StageRun:
         if exc is not None:
             self.client.set_tag(self.run_id, "cola.error", _short(exc, 500))
         self.client.set_terminated(self.run_id, status)
-        # Headline numbers on the parent too, so pipelines compare side by side in the UI.
-        self._log_batch(
-            self.parent_run_id,
-            metrics=self._metric_entities(
-                {f"{self.stage}/{k}": v for k, v in final.items()}, self._last_step
-            ),
-        )
+        if self.parent_run_id is None:
+            return
+        # Every stage's numbers on the parent, so pipelines compare side by side in the UI: this stage's, and
+        # those of the stages DVC took from cache (their metrics files). Only values that changed are logged.
+        numbers = {**declared_metrics(), **{f"{self.stage}/{k}": v for k, v in final.items()}}
+        current = self.client.get_run(self.parent_run_id).data.metrics
+        changed = {k: v for k, v in numbers.items() if current.get(_clean_key(k)) != float(v)}
+        self._log_batch(self.parent_run_id, metrics=self._metric_entities(changed, self._last_step))
         self.client.set_terminated(self.parent_run_id, status)
 
     def _recover(self, status: str) -> None:
@@ -338,45 +354,3 @@ def _tag_entities(tags: Mapping[str, Any]) -> list[Any]:
     from mlflow.entities import RunTag
 
     return [RunTag(str(k), str(v)[:_MAX_PARAM_LEN]) for k, v in tags.items()]
-
-
-def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
-    from mlflow.exceptions import MlflowException
-
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException:
-            # Another stage process created it first (mlflow#4123): use theirs.
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.lifecycle_stage == "deleted":
-        raise TrackingError(
-            f"MLflow experiment '{name}' is deleted: restore it or set COLA_MLFLOW_EXPERIMENT"
-        )
-    return exp.experiment_id
-
-
-def _pipeline_parent(
-    client: Any, experiment_id: str, pid: str, tags: Mapping[str, str], not_before: int | None = None
-) -> str:
-    """Find or create the parent run of pipeline execution ``pid`` (started at or after ``not_before`` ms)."""
-    quoted = pid.replace("'", "_").replace('"', "_")  # the filter grammar has no escapes
-    query = f"tags.`{RUN_TYPE_TAG}` = 'pipeline' AND tags.pipeline_id = '{quoted}'"
-    if not_before is not None:
-        # pid-starttime can repeat after a reboot; a parent older than the dvc process is someone else's.
-        query += f" AND attributes.start_time >= {not_before - 5000}"
-    runs = client.search_runs(
-        [experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"]
-    )
-    if runs:
-        return runs[0].info.run_id
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    run = client.create_run(
-        experiment_id,
-        run_name=f"pipeline {tags.get('dvc_exp', 'workspace')} {stamp}",
-        tags={**tags, RUN_TYPE_TAG: "pipeline", "pipeline_id": pid},
-    )
-    return run.info.run_id
