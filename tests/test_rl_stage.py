@@ -112,7 +112,7 @@ def test_seeds_and_resume_after_a_kill_equal_an_uninterrupted_run(tmp_path, meth
 
     # Killed at step 3 of the second seed: its step-2 checkpoint and seed 0's finished state are on disk.
     def kill(step, stats):
-        if "seed1/loss" in stats and step == 3:
+        if "seed1/grpo_loss" in stats and step == 3:
             raise Killed
 
     with pytest.raises(Killed):

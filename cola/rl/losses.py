@@ -142,5 +142,5 @@ def grpo_loss(
             per_position = per_position + kl_coef * kl
 
     loss = _reduce(per_position, mask, reduction)
-    stats["loss"] = loss.item()
+    stats["grpo_loss"] = loss.item()
     return loss, stats

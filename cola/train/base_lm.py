@@ -66,7 +66,7 @@ def run_base(cfg: BaseConfig, corpus: Path, out_dir: Path, *, checkpoint_dir: Pa
 
         def loss_fn(batch: torch.Tensor, _generator: torch.Generator) -> LossOutput:
             loss = model(batch, labels=batch).loss
-            return LossOutput(loss, {"loss": loss.item()})
+            return LossOutput(loss, {"lm_loss": loss.item()})
 
         trainer = BatchTrainer(model, loss_fn, batches, cfg, checkpoint_dir=checkpoint_dir, on_log=on_log,
                                description="base",
@@ -78,5 +78,5 @@ def run_base(cfg: BaseConfig, corpus: Path, out_dir: Path, *, checkpoint_dir: Pa
     val_stream = token_stream(corpus / "val.txt", tokenizer)
     metrics = {"parameters": sum(p.numel() for p in model.parameters()),
                "val_loss": lm_loss(model, val_stream, min(cfg.seq_len, 512), cfg.val_tokens)}
-    return StageResult(metrics, figures={"loss": plots.curves(history, ["loss"], "base LM pretraining")},
+    return StageResult(metrics, figures={"loss": plots.curves(history, ["lm_loss"], "base LM pretraining")},
                        outputs=[out_dir])

@@ -77,8 +77,8 @@ class Trainer:
 
     #: Train mode during training (dropout on); RL keeps eval mode so sampler and learner are one function.
     train_mode = True
-    #: Metrics shown beside the progress bar.
-    postfix_keys: tuple[str, ...] = ("loss",)
+    #: Metrics shown beside the progress bar (a BatchTrainer shows its loss function's first metric).
+    postfix_keys: tuple[str, ...] = ()
 
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, *, seed: int = 0,
                  checkpoint_dir: str | Path | None = None, fingerprint: str = "", keep_final: bool = False,
@@ -290,6 +290,7 @@ class BatchTrainer(Trainer):
     def training_step(self) -> dict[str, float]:
         batch = to_device(next(self.batches), self.accelerator.device)
         out = self.loss_fn(batch, self.noise)
+        self.postfix_keys = self.postfix_keys or tuple(out.metrics)[:1]
         grad_norm = self.optimize(out.loss)
         return {**out.metrics, "grad_norm": grad_norm, "n_tokens": count_tokens(batch)}
 

@@ -174,7 +174,7 @@ def run_sft(
 
     def loss_fn(batch: dict[str, torch.Tensor], _generator: torch.Generator) -> LossOutput:
         loss = response_loss(base_model, batch)
-        return LossOutput(loss, {"loss": loss.item()})
+        return LossOutput(loss, {"response_ce": loss.item()})
 
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     stamp = fingerprint(asdict(cfg), examples_digest(examples), inputs_fingerprint)

@@ -62,7 +62,8 @@ def latent_pretraining_loss(
     valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(index, dtype=torch.bool)
     neg_entropy = neg_entropy[valid].mean()
     loss = ce + entropy_coef * neg_entropy
-    return LossOutput(loss, {"loss": loss.item(), "wm_ce": ce.item(), "relaxed_entropy": -neg_entropy.item()},
+    return LossOutput(loss, {"latent_loss": loss.item(), "wm_ce": ce.item(),
+                             "relaxed_entropy": -neg_entropy.item()},
                       index)
 
 
@@ -85,7 +86,7 @@ def behaviour_cloning_loss(
     loss = F.cross_entropy(w[:, :-1].reshape(-1, w.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
     with torch.no_grad():
         hit = (w[:, :-1].argmax(-1) == labels[:, :-1])[target_mask].float().mean()
-    return LossOutput(loss, {"loss": loss.item(), "top1": hit.item()}, labels)
+    return LossOutput(loss, {"bc_loss": loss.item(), "train_top1": hit.item()}, labels)
 
 
 def _target_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -122,4 +123,4 @@ def world_model_loss(
             raise ValueError(f"action_source must be 'idm' or 'policy', got {action_source!r}")
     logits = model.world_model_logits(h, actions)
     loss = next_token_ce(logits, input_ids, attention_mask, loss_mask)
-    return LossOutput(loss, {"loss": loss.item()}, actions)
+    return LossOutput(loss, {"response_ce": loss.item()}, actions)
