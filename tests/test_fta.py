@@ -245,7 +245,8 @@ def test_fta_i_trains_the_base_then_only_the_policy():
     assert after_ce < before_ce
     steps = [s for s, _ in logged]
     assert steps == [10, 20, 30, 40, 50]  # re-BC steps continue after the world-model steps
-    assert all(k.startswith("rebc_") for k in logged[-1][1]) and "rebc_train_top1" in metrics and "response_ce" in metrics
+    assert all(k.startswith("rebc_") for k in logged[-1][1])
+    assert "rebc_train_top1" in metrics and "response_ce" in metrics
 
 
 def test_sft_trains_the_whole_base_and_lowers_its_response_loss():

@@ -63,8 +63,8 @@ def test_four_queued_experiments_two_at_a_time_all_tracked_once(tmp_path):
         assert r.info.status == "FINISHED" and r.data.params and r.data.metrics, r.data.tags["stage"]
         assert "wall_clock_seconds" in r.data.metrics
     latent = [r for r in stage_runs if r.data.tags["stage"] == "latent"]
-    assert all("wm_idm_over_base" in r.data.metrics and client.get_metric_history(r.info.run_id, "latent_loss")
-               for r in latent)
+    assert all("wm_idm_over_base" in r.data.metrics
+               and client.get_metric_history(r.info.run_id, "latent_loss") for r in latent)
     parents = [r for r in runs if r.data.tags.get("cola.run_type") == "pipeline"]
     assert len(parents) == len(SEEDS) + 1  # one per experiment, one for the workspace's repro
     assert not list((root / ".cola" / "outbox").glob("*.json"))  # no stage lost its store
