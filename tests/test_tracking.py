@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from cola.tracking import (
     StageRun,
+    experiment_name,
     pipeline_id,
     recent_pipeline_runs,
     repo_root,
@@ -247,3 +248,25 @@ def test_recent_pipeline_runs_on_a_missing_store_is_empty(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")
     assert recent_pipeline_runs(3) == []
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_copied_store_writes_its_artifacts_beside_itself(
+    client: MlflowClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """MLflow stores an experiment's artifact folder as an absolute path: a copied project (or mlflow.db)
+    would keep writing into the original's folder; the location follows the store instead."""
+    original = tmp_path / "original"
+    original.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{original / 'mlflow.db'}")
+    with StageRun("latent", params={"lr": 1e-3}) as run:
+        run.log_dict({"a": 1}, "first.json")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(original / "mlflow.db", copy / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{copy / 'mlflow.db'}")
+    with StageRun("latent", params={"lr": 1e-3}) as run:
+        run.log_dict({"b": 2}, "second.json")
+    assert [p.name for p in (copy / "mlartifacts").rglob("*.json")] == ["second.json"]
+    assert [p.name for p in (original / "mlartifacts").rglob("*.json")] == ["first.json"]
+    experiment = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}").get_experiment_by_name(experiment_name())
+    assert experiment.artifact_location == (copy / "mlartifacts").as_uri()
