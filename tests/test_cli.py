@@ -161,20 +161,24 @@ def test_compare_shows_differing_params_and_metrics(monkeypatch: pytest.MonkeyPa
     assert "no pipeline runs" in runner.invoke(app, ["compare"]).stderr
     for i, lr in enumerate((0.001, 0.002)):
         monkeypatch.setenv("COLA_PIPELINE_ID", f"pipeline-{i}")
-        with StageRun("latent", params={"latent": {"lr": lr, "steps": 10}}, profile="tiny") as run:
-            run.summary({"loss": 2.0 - i})
+        with StageRun("latent", params={"latent": {"lr": lr, "steps": 10}}, profile="tiny",
+                      pipeline_params={"latent.lr": lr, "latent.steps": 10, "bc.lr": 0.002}) as run:
+            run.summary({"latent_loss": 2.0 - i, "wm_idm_over_base": 0.5 - i / 10})
 
     result = runner.invoke(app, ["compare", "-n", "5", "--format", "csv"])
     assert result.exit_code == 0, result.output
     rows = {row[0]: row[1:] for row in csv.reader(io.StringIO(result.stdout))}
     assert rows["param latent.lr"] == ["0.002", "0.001"]  # newest first
-    assert "param latent.steps" not in rows  # identical values are not shown
-    assert rows["latent/loss"] == ["1", "2"]
+    assert "param latent.steps" not in rows and "param bc.lr" not in rows  # identical values are not shown
+    assert rows["latent/wm_idm_over_base"] == ["0.4", "0.5"]  # a headline metric
+    assert "latent/latent_loss" not in rows and "latent/wall_clock_seconds" not in rows  # detail: --all
     assert rows["profile"] == ["tiny", "tiny"]
 
-    markdown = runner.invoke(app, ["compare", "--format", "markdown", "--metric", "latent/loss"]).stdout
-    assert "| latent/loss | 1 | 2 |" in markdown and "wall_clock" not in markdown
-    assert runner.invoke(app, ["compare", "--all-params"]).exit_code == 0
+    every = {row[0]: row[1:] for row in csv.reader(io.StringIO(
+        runner.invoke(app, ["compare", "--all", "--format", "csv"]).stdout))}
+    assert every["param bc.lr"] == ["0.002", "0.002"] and every["latent/latent_loss"] == ["1", "2"]
+    markdown = runner.invoke(app, ["compare", "-f", "markdown", "--metric", "latent/latent_loss"]).stdout
+    assert "| latent/latent_loss | 1 | 2 |" in markdown and "wall_clock" not in markdown
 
 
 def test_compare_unreadable_store_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

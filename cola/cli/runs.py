@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cola.cli.app import CliError, _fmt, app, err, out
 from cola.errors import user_errors
+from cola.headline import is_headline
 
 
 class Format(enum.StrEnum):
@@ -30,6 +31,9 @@ def _param_key(stage: str, key: str) -> str:
 
 
 def _pipeline_params(run: dict[str, Any]) -> dict[str, str]:
+    """The whole params.yaml as the parent run carries it; else what its stage runs logged (older runs)."""
+    if run.get("params"):
+        return dict(run["params"])
     return {
         _param_key(stage, k): v for stage, info in run["stages"].items() for k, v in info["params"].items()
     }
@@ -43,10 +47,11 @@ def _pipeline_metrics(run: dict[str, Any]) -> dict[str, float]:
 
 
 def comparison(
-    runs: list[dict[str, Any]], metric_patterns: list[str] | None = None, all_params: bool = False
+    runs: list[dict[str, Any]], metric_patterns: list[str] | None = None, everything: bool = False
 ) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) comparing pipeline runs (newest first) as columns: identity rows, then the params whose
-    values differ between the runs (all of them with `all_params`), then the headline metrics."""
+    """(header, rows) comparing pipeline runs (newest first) as columns: identity rows, then the params
+    whose values differ between the runs, then the headline metrics (`cola.headline`); `everything` shows
+    every param and every metric, `metric_patterns` picks metrics by glob instead."""
     header = ["", *[f"#{i + 1} {run['dvc_exp'] or ''}".strip() for i, run in enumerate(runs)]]
     rows = [
         ["started (UTC)", *[(r["start_time"] or "-")[:19].replace("T", " ") for r in runs]],
@@ -57,11 +62,14 @@ def comparison(
     params = [_pipeline_params(r) for r in runs]
     for key in sorted(set().union(*params)):
         values = [p.get(key) for p in params]
-        if all_params or len({v for v in values if v is not None}) > 1:
+        if everything or len({v for v in values if v is not None}) > 1:
             rows.append([f"param {key}", *map(_fmt, values)])
     metrics = [_pipeline_metrics(r) for r in runs]
     for key in sorted(set().union(*metrics)):
-        if metric_patterns and not any(fnmatch.fnmatch(key, pat) for pat in metric_patterns):
+        if metric_patterns:
+            if not any(fnmatch.fnmatch(key, pat) for pat in metric_patterns):
+                continue
+        elif not everything and not is_headline(key):
             continue
         rows.append([key, *[_fmt(m.get(key)) for m in metrics]])
     return header, rows
@@ -99,8 +107,8 @@ def compare(
             "--metric", "-m", help="Only metrics matching this glob (repeatable), e.g. 'evaluate/*'."
         ),
     ] = None,
-    all_params: Annotated[
-        bool, typer.Option("--all-params", help="Show every param, not only those that differ.")
+    everything: Annotated[
+        bool, typer.Option("--all", help="Every param (not only those that differ) and every metric.")
     ] = False,
 ) -> None:
     """Compare the last N pipeline executions logged to MLflow: differing params and headline metrics."""
@@ -111,7 +119,7 @@ def compare(
         if not runs:
             err.print(f"no pipeline runs in {tracking_uri()}")
             return
-        header, rows = comparison(runs, metric, all_params)
+        header, rows = comparison(runs, metric, everything)
         rendered = render(header, rows, fmt)
         if isinstance(rendered, str):
             typer.echo(rendered.rstrip("\n"))

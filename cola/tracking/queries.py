@@ -36,7 +36,8 @@ def _search_all(client: Any, experiment_id: str, query: str) -> list[Any]:
 def recent_pipeline_runs(n: int = 10) -> list[dict[str, Any]]:
     """The last ``n`` pipeline executions, newest first, each with its stage runs' params and metrics.
 
-    Each item: ``run_id, pipeline_id, name, status, start_time, dvc_exp, git_commit, profile, metrics`` and
+    Each item: ``run_id, pipeline_id, name, status, start_time, dvc_exp, git_commit, profile, params,
+    metrics`` (the parent's: the whole params.yaml, every stage's metrics) and
     ``stages``: ``{stage: {run_id, status, start_time, duration_seconds, params, metrics}}`` in run order.
     Raises :class:`TrackingError` if the store cannot be read.
     """
@@ -93,6 +94,7 @@ def recent_pipeline_runs(n: int = 10) -> list[dict[str, Any]]:
             "dvc_exp": p.data.tags.get("dvc_exp"),
             "git_commit": p.data.tags.get("git_commit"),
             "profile": p.data.tags.get("profile"),
+            "params": dict(p.data.params),
             "metrics": dict(p.data.metrics),
             "stages": stages[p.info.run_id],
         }
