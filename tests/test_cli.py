@@ -40,6 +40,11 @@ def test_help_everywhere(command: list[str]) -> None:
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_cola_alone_shows_the_help() -> None:
+    result = runner.invoke(app, [])
+    assert result.exit_code == 0 and "Usage" in result.output and "eval" in result.output
+
+
 # --------------------------------------------------------------------------------------------- eval
 
 
@@ -114,6 +119,32 @@ def test_eval_errors_are_one_line(assets: dict, tmp_path: Path) -> None:
     assert not (tmp_path / "r.json").exists()  # refused before any task ran
     (tmp_path / "config.json").write_text("{}")
     _one_line_error(runner.invoke(app, ["eval", str(tmp_path), "--task", "arith", *data]))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["eval", "models/x"], "Missing option '--task'"),
+        (["evaluate"], "No such command 'evaluate'"),
+        (["compare", "--last", "0"], "--last"),
+        (["eval", "models/x", "-t", "arith", "--action-mode", "argmax"], "--action-mode"),
+        (["generate", "models/x"], "Missing argument"),
+    ],
+)
+def test_command_line_mistakes_are_one_line(args: list[str], expected: str) -> None:
+    """Click's usage errors follow the commands' own rule: one `error:` line naming the mistake, exit 2."""
+    line = _one_line_error(runner.invoke(app, args))
+    assert expected in line and "--help" in line
+
+
+def test_out_that_cannot_be_a_file_is_refused_before_loading(assets: dict, tmp_path: Path) -> None:
+    model = str(assets["root"] / "cola")
+    line = _one_line_error(runner.invoke(app, ["eval", model, "-t", "arith", "--out", str(tmp_path)]))
+    assert "is a folder" in line
+    (tmp_path / "plain").write_text("x")
+    line = _one_line_error(runner.invoke(app, ["eval", model, "-t", "arith", "--out",
+                                               str(tmp_path / "plain" / "r.json")]))
+    assert "is a file, not a folder" in line
 
 
 # --------------------------------------------------------------------------------------------- generate

@@ -121,10 +121,12 @@ def test_math500_local_cola_writes_records_and_logs_mlflow(
 
 
 def test_math500_local_base_through_hflm(
-    assets: dict, math500_file: Path, store: str, tmp_path: Path
+    assets: dict, math500_file: Path, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     import mlflow
 
+    monkeypatch.chdir(tmp_path)  # outside any git repository, where `git describe` prints "fatal: ..."
     out = tmp_path / "r.json"
     result = _eval(assets, "base", "-t", "math500_local", "--math500-path", str(math500_file), "--limit", "3",
                    "--out", str(out))  # fmt: skip
@@ -138,6 +140,7 @@ def test_math500_local_base_through_hflm(
     client = mlflow.MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("cola").experiment_id], "tags.stage = 'eval'")
     assert run.data.tags["eval.kind"] == "base" and "math500_local/accuracy" in run.data.metrics
+    assert "fatal" not in capfd.readouterr().err
 
 
 def test_no_mlflow_and_tracking_off_log_nothing(
@@ -241,6 +244,6 @@ def test_errors_are_one_line_and_come_before_loading(assets: dict, tmp_path: Pat
     )
     line = _one_line_error(_eval(assets, "cola", "--task", "cola_arith", "--samples", "2"))
     assert "--task arith" in line
-    # a model folder that does not exist is never reached: the task check fails first
+    # the model folder is checked first: a path test, before torch or lm-eval is imported
     result = runner.invoke(app, ["eval", str(tmp_path / "no-model"), "--task", "math500_local"])
-    assert "--math500-path" in _one_line_error(result)
+    assert "no such model folder" in _one_line_error(result)

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from cola.cli.app import CliError, _fmt, _load, _write_json, app, err, out
+from cola.cli.app import CliError, _check_paths, _fmt, _load, _write_json, app, err, out
 from cola.errors import user_errors
 
 
@@ -173,6 +173,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model folder on tasks; print a summary table and optionally write JSON results."""
     with user_errors():
+        _check_paths(model, out_path)
         from cola.eval.context import EvalContext
         from cola.eval.runner import check_tasks
 
@@ -286,6 +287,7 @@ def generate(
     """Continue PROMPT with a model folder; print the text and the latent action sequence."""
     with user_errors():
         mode = _action_mode(action, random_actions, greedy_actions)
+        _check_paths(model)
         loaded, tokenizer, kind = _load(model, threads)
         if kind == "cola" and action is not None and action >= loaded.config.num_actions:
             raise CliError(

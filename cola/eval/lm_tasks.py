@@ -32,10 +32,12 @@ per-sample ``records`` (``prompt``, ``problem`` for MATH, ``answer``, ``completi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +248,22 @@ def _describe_data(lm_name: str, ctx: EvalContext) -> str:
     return str(Path(ctx.task_dir).resolve())
 
 
+@contextlib.contextmanager
+def _without_environment_report() -> Iterator[None]:
+    """Skip what `simple_evaluate` adds about the machine after scoring: `add_env_info` runs torch's
+    collect_env (about 3 s a call on CPU) and `get_git_commit_hash` runs ``git describe``, which prints
+    "fatal: not a git repository" outside one. `summarize_lm_eval` reads neither; the tracked run records
+    the code version (`mlflow.source.git.commit`)."""
+    import lm_eval.evaluator as evaluator
+
+    saved = evaluator.add_env_info, evaluator.get_git_commit_hash
+    evaluator.add_env_info, evaluator.get_git_commit_hash = (lambda results: None), (lambda: None)
+    try:
+        yield
+    finally:
+        evaluator.add_env_info, evaluator.get_git_commit_hash = saved
+
+
 def run_lm_task(name: str, ctx: EvalContext) -> dict[str, Any]:
     """Run one `evals/` task (or MATH-500 alias) on ``ctx``'s model; see the module docstring."""
     import lm_eval
@@ -256,7 +274,7 @@ def run_lm_task(name: str, ctx: EvalContext) -> dict[str, Any]:
     lm_name = resolve(name, ctx)
     start = time.perf_counter()
     # lm-eval warns about every override we make on purpose (gen_kwargs, metadata); errors still show.
-    with quiet("lm_eval", level=logging.ERROR):
+    with quiet("lm_eval", level=logging.ERROR), _without_environment_report():
         task_manager = make_task_manager(metadata=_metadata(ctx))
         if ctx.samples > 1:
             result = _run_sampled(lm_name, task_manager, ctx)
