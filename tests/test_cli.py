@@ -137,14 +137,13 @@ def test_command_line_mistakes_are_one_line(args: list[str], expected: str) -> N
     assert expected in line and "--help" in line
 
 
-def test_out_that_cannot_be_a_file_is_refused_before_loading(assets: dict, tmp_path: Path) -> None:
+def test_out_in_a_missing_folder_is_refused_before_loading(assets: dict, tmp_path: Path) -> None:
     model = str(assets["root"] / "cola")
     line = _one_line_error(runner.invoke(app, ["eval", model, "-t", "arith", "--out", str(tmp_path)]))
     assert "is a folder" in line
-    (tmp_path / "plain").write_text("x")
-    line = _one_line_error(runner.invoke(app, ["eval", model, "-t", "arith", "--out",
-                                               str(tmp_path / "plain" / "r.json")]))
-    assert "is a file, not a folder" in line
+    missing = tmp_path / "no" / "such" / "r.json"
+    line = _one_line_error(runner.invoke(app, ["eval", model, "-t", "arith", "--out", str(missing)]))
+    assert "no folder" in line and not (tmp_path / "no").exists()
 
 
 # --------------------------------------------------------------------------------------------- generate

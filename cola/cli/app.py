@@ -61,8 +61,8 @@ class CliError(ColaError):
 
 
 def _check_paths(model: Path, out_path: Path | None = None) -> None:
-    """Fail in milliseconds, before torch loads, on a model folder that is not there or an --out that
-    cannot be a file (the checkpoint loader checks the folder's contents)."""
+    """Fail in milliseconds, before torch loads, on a model folder that is not there or an --out whose
+    folder is not (the checkpoint loader checks the model folder's contents)."""
     if not model.is_dir():
         raise CliError(f"{model}: no such model folder" if not model.exists() else f"{model}: not a folder")
     if not (model / "config.json").is_file():
@@ -70,9 +70,8 @@ def _check_paths(model: Path, out_path: Path | None = None) -> None:
     if out_path is not None:
         if out_path.is_dir():
             raise CliError(f"--out {out_path}: is a folder; give a file such as {out_path / 'eval.json'}")
-        existing = next((p for p in out_path.parents if p.exists()), None)
-        if existing is not None and not existing.is_dir():
-            raise CliError(f"--out {out_path}: {existing} is a file, not a folder")
+        if not out_path.parent.is_dir():  # a typo in the folder should not create a stray tree of folders
+            raise CliError(f"--out {out_path}: no folder {out_path.parent} (create it first)")
 
 
 def _load(model: Path, threads: int | None):
