@@ -8,12 +8,14 @@ A stage script (`stages/<name>.py`) is short and reads top to bottom::
         stage.finish(result, figures={"loss": stage.args.loss_plot})
 
     if __name__ == "__main__":
-        run_stage("bc", main, paths=["corpus", "latent", "out", "checkpoints", "loss_plot", "metrics"])
+        run_stage("bc", main, paths=["corpus", "latent", "out", "checkpoints", "loss_plot", "loss_curve"])
 
 `run_stage` parses the paths dvc.yaml's `cmd` gives it (``--corpus data/corpus ...``: the stage contract lives
 in dvc.yaml, the example-get-started habit), validates the *whole* params.yaml (a bad key anywhere stops any
 stage with one line, in well under a second, before torch or MLflow is imported, and nothing on disk changes),
-opens the stage's MLflow run (`cola.tracking.StageRun`), calls `main`, and writes the metrics file on success.
+opens the stage's MLflow run (`cola.tracking.StageRun`), calls `main`, and on success writes the stage's two
+metrics files: ``--metrics`` (every number it measured) and ``--headline`` (its headline numbers,
+`cola.tracking.headline`: the DVC metrics file, so ``dvc exp show`` fits a screen). Every stage takes both.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from cola.config import PipelineParams, flatten, load_stage_config
 from cola.errors import cli_main
 from cola.io import atomic_write_json
 from cola.results import StageResult
+
+METRICS_PATHS = ("metrics", "headline")  # every stage writes both (StageRun), so no stage lists them
 
 
 @dataclass
@@ -50,6 +54,7 @@ class StageContext:
                records: Mapping[str, Path] | None = None) -> None:
         """Save each named figure / record to its DVC path and log everything to the run; metrics last."""
         from cola.plots import plt
+        from cola.tracking.models import registered_name
 
         for name, path in (figures or {}).items():
             self.run.log_figure(result.figures[name], f"plots/{Path(path).name}", save_to=path)
@@ -61,6 +66,12 @@ class StageContext:
             self.run.log_artifact(path)
         for path in result.outputs:
             self.run.log_output(path)
+        tracking = self.params.tracking
+        for path in result.models:
+            registry_name = (registered_name(tracking.registry_prefix, self.run.run_name)
+                             if self.name in tracking.register else None)
+            self.run.log_model(path, attach_up_to_mb=tracking.attach_models_up_to_mb,
+                               registry_name=registry_name)
         self.run.summary(result.metrics)
 
 
@@ -78,7 +89,7 @@ def stage_parser(name: str, paths: Sequence[str],
 
 def run_stage(name: str, main: Callable[[StageContext], None], *, paths: Sequence[str],
               choices: Mapping[str, Sequence[str]] | None = None, argv: Sequence[str] | None = None) -> None:
-    """Run stage `name`: parse its paths (``metrics`` among them), validate params, track, call `main`.
+    """Run stage `name`: parse its paths (and ``metrics``, ``headline``), validate params, track, call `main`.
 
     A stage with `choices` (the ``rl@<method>-<task>`` entries) is tracked as ``name@<values joined by ->``
     with each choice as a tag. User errors exit with one ``error:`` line and code 2 (`cola.errors.cli_main`).
@@ -88,7 +99,8 @@ def run_stage(name: str, main: Callable[[StageContext], None], *, paths: Sequenc
 
 def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
          choices: Mapping[str, Sequence[str]], argv: Sequence[str] | None) -> None:
-    args = stage_parser(name, [*paths], choices).parse_args(argv)
+    paths = [*paths, *METRICS_PATHS]
+    args = stage_parser(name, paths, choices).parse_args(argv)
     cfg, params = load_stage_config(name)
     from cola.tracking import StageRun  # after validation: MLflow's import costs seconds
 
@@ -101,7 +113,7 @@ def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
                   **{f"{name}.{option}": value for option, value in tags.items()},
                   **{f"{name}.path.{path}": str(getattr(args, path)) for path in paths}}
     with StageRun(run_name, params=run_params, profile=params.profile, tags=tags,
-                  metrics_path=getattr(args, "metrics", None), pipeline_params=flatten(params),
+                  metrics_path=args.metrics, headline_path=args.headline, pipeline_params=flatten(params),
                   source=f"stages/{name}.py") as run:
         start = time.perf_counter()
         main(StageContext(name, cfg, params, args, run))

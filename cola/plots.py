@@ -1,4 +1,4 @@
-"""PNG plots logged by the stages (matplotlib, headless)."""
+"""PNG plots logged by the stages (matplotlib, headless), and the same curves as DVC plot records."""
 
 from __future__ import annotations
 
@@ -8,13 +8,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def curve_records(history: list[tuple[int, dict[str, float]]], keys: list[str]) -> list[dict[str, float]]:
+    """The logged points of `keys` as ``{"step": s, key: value, ...}`` rows: a DVC plots file, which
+    ``dvc plots diff`` overlays across experiments."""
+    return [{"step": step, **{key: m[key] for key in keys if key in m}} for step, m in history
+            if any(key in m for key in keys)]
+
+
 def curves(history: list[tuple[int, dict[str, float]]], keys: list[str], title: str):
-    """Line plot of logged metrics against the step."""
+    """Line plot of logged metrics against the step. A curve equal to an earlier one is drawn dashed and
+    named with it (``latent_loss = wm_ce``), so no line hides another."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn: list[tuple[str, list]] = []
     for key in keys:
         points = [(step, m[key]) for step, m in history if key in m]
-        if points:
-            ax.plot(*zip(*points, strict=True), label=key)
+        if not points:
+            continue
+        same = next((name for name, other in drawn if other == points), None)
+        ax.plot(*zip(*points, strict=True), label=f"{key} = {same}" if same else key,
+                linestyle="--" if same else "-")
+        drawn.append((key, points))
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -26,9 +39,11 @@ def curves(history: list[tuple[int, dict[str, float]]], keys: list[str], title: 
     return fig
 
 
-def histogram(shares: list[float], title: str, xlabel: str = "latent action (sorted by share)"):
+def histogram(counts: list[float], title: str, xlabel: str = "latent action (sorted by share)"):
+    """Each action's share of the tokens (counts normalised to sum to 1), largest first."""
+    total = sum(counts) or 1.0
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(range(len(shares)), sorted(shares, reverse=True))
+    ax.bar(range(len(counts)), sorted((c / total for c in counts), reverse=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("share of tokens")
     ax.set_title(title)

@@ -15,10 +15,12 @@ from typing import Any
 class StageResult:
     """A stage's outcome: `metrics` (flat numbers: metrics/<stage>.json), `figures` (name -> matplotlib
     figure), `records` (name -> JSON-able data, e.g. a DVC plot's points), `artifacts` (files or folders to
-    attach to the tracking run) and `outputs` (DVC outputs recorded by pointer, e.g. model folders)."""
+    attach to the tracking run), `outputs` (DVC outputs recorded by pointer, e.g. the data folder) and
+    `models` (model folders: attached to the run or referenced, and registered, as params.tracking says)."""
 
     metrics: dict[str, float]
     figures: dict[str, Any] = field(default_factory=dict)
     records: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
+    models: list[Path] = field(default_factory=list)

@@ -8,8 +8,8 @@ def main(stage: StageContext) -> None:
 
     args = stage.args
     result = run_base(stage.cfg, args.corpus, args.out, checkpoint_dir=args.checkpoints, on_log=stage.on_log)
-    stage.finish(result, figures={"loss": args.loss_plot})
+    stage.finish(result, figures={"loss": args.loss_plot}, records={"loss": args.loss_curve})
 
 
 if __name__ == "__main__":
-    run_stage("base", main, paths=["corpus", "out", "checkpoints", "loss_plot", "metrics"])
+    run_stage("base", main, paths=["corpus", "out", "checkpoints", "loss_plot", "loss_curve"])

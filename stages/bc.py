@@ -9,8 +9,8 @@ def main(stage: StageContext) -> None:
     args = stage.args
     result = run_bc(stage.cfg, args.corpus, args.latent, args.out, checkpoint_dir=args.checkpoints,
                     on_log=stage.on_log)
-    stage.finish(result, figures={"loss": args.loss_plot})
+    stage.finish(result, figures={"loss": args.loss_plot}, records={"loss": args.loss_curve})
 
 
 if __name__ == "__main__":
-    run_stage("bc", main, paths=["corpus", "latent", "out", "checkpoints", "loss_plot", "metrics"])
+    run_stage("bc", main, paths=["corpus", "latent", "out", "checkpoints", "loss_plot", "loss_curve"])

@@ -8,8 +8,9 @@ def main(stage: StageContext) -> None:
 
     args = stage.args
     result = run_evaluate(stage.cfg, args.tests, args.heldout, args.base, args.cola, args.out)
-    stage.finish(result, figures={"accuracy": args.accuracy_plot})
+    stage.finish(result, figures={"accuracy": args.accuracy_plot}, records={"accuracy": args.accuracy})
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main, paths=["tests", "heldout", "base", "cola", "out", "accuracy_plot", "metrics"])
+    run_stage("evaluate", main,
+              paths=["tests", "heldout", "base", "cola", "out", "accuracy_plot", "accuracy"])

@@ -10,4 +10,4 @@ def main(stage: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("prepare", main, paths=["out", "metrics"])
+    run_stage("prepare", main, paths=["out"])

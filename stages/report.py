@@ -14,4 +14,4 @@ def main(stage: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("report", main, paths=["evals", "rl_metrics", "rl_curves", "stage_metrics", "out", "metrics"])
+    run_stage("report", main, paths=["evals", "rl_metrics", "rl_curves", "stage_metrics", "out"])

@@ -11,4 +11,4 @@ def main(stage: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("rl_eval", main, paths=["models", "tests", "heldout", "out", "cache", "metrics"])
+    run_stage("rl_eval", main, paths=["models", "tests", "heldout", "out", "cache"])

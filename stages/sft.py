@@ -9,8 +9,8 @@ def main(stage: StageContext) -> None:
     args = stage.args
     result = run_finetune_stage(stage.cfg, args.tasks, args.start, args.out, checkpoint_dir=args.checkpoints,
                                 on_log=stage.on_log)
-    stage.finish(result, figures={"loss": args.loss_plot})
+    stage.finish(result, figures={"loss": args.loss_plot}, records={"loss": args.loss_curve})
 
 
 if __name__ == "__main__":
-    run_stage("sft", main, paths=["tasks", "start", "out", "checkpoints", "loss_plot", "metrics"])
+    run_stage("sft", main, paths=["tasks", "start", "out", "checkpoints", "loss_plot", "loss_curve"])

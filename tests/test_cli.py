@@ -177,6 +177,58 @@ def test_generate_base_and_bad_options(assets: dict) -> None:
     assert "out of range" in line
 
 
+# ----------------------------------------------------------------------------------- models in MLflow
+
+
+def test_stage_runs_carry_their_models_and_eval_takes_registered_versions(
+        assets: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A small model is attached as files, a large one (here: threshold 0) by reference with DVC's md5; both
+    registered; `cola eval models:/NAME/VERSION` evaluates them; a reference to a changed folder names the
+    command that fetches the right one."""
+    import mlflow
+
+    from cola.tracking import StageRun
+    from cola.tracking.models import dvc_md5
+
+    for name in ("COLA_TRACKING", "DVC_EXP_NAME", "DVC_ROOT", "DVC_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("COLA_MLFLOW_EXPERIMENT", "cli-models")
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "models" / "bc"
+    shutil.copytree(assets["root"] / "cola", model)
+    with StageRun("bc", nested=False) as small:
+        small.log_model(Path("models/bc"), attach_up_to_mb=100, registry_name="cola-bc")
+    with StageRun("rl@cola-math", nested=False) as large:
+        large.log_model(Path("models/bc"), attach_up_to_mb=0, registry_name="cola-rl-cola-math")
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    small_tags, large_tags = (client.get_run(r.run_id).data.tags for r in (small, large))
+    assert (small_tags["model.stored"], large_tags["model.stored"]) == ("files", "reference")
+    assert small_tags["model.registered"] == "models:/cola-bc/1"
+    assert small_tags["model.md5"] == large_tags["model.md5"] == dvc_md5(model)
+    attached = {f.path for f in client.list_artifacts(small.run_id, "model")}
+    assert {"model/config.json", "model/model.safetensors"} <= attached
+    assert {f.path for f in client.list_artifacts(large.run_id, "model")} == {"model/reference.json"}
+
+    eval_args = ["--task", "arith", "--data-dir", str(assets["root"] / "data"), "--limit", "2",
+                 "--max-new-tokens", "3", "--no-progress"]
+    result = runner.invoke(app, ["eval", "models:/cola-bc/1", *eval_args])
+    assert result.exit_code == 0, result.output
+    assert "models:/cola-bc/1 (cola)" in result.stdout
+    evals = client.search_runs([client.get_experiment_by_name("cli-models").experiment_id],
+                               "tags.stage = 'eval'")
+    assert [r.data.params["model_uri"] for r in evals] == ["models:/cola-bc/1"]
+    assert evals[0].info.run_name == "eval models:/cola-bc/1: arith"
+    assert (tmp_path / ".cola" / "models" / "models__cola-bc_1" / "config.json").is_file()  # fetched once
+    assert runner.invoke(app, ["eval", "models:/cola-rl-cola-math/1", *eval_args]).exit_code == 0
+
+    (model / "generation_config.json").write_text("{}")  # the DVC output moved on since the run
+    line = _one_line_error(runner.invoke(app, ["generate", "models:/cola-rl-cola-math/1", "Q: 1 + 1. A:"]))
+    assert "stored by reference" in line and "dvc pull models/bc" in line and large_tags["model.md5"] in line
+    assert "cola-nope" in _one_line_error(runner.invoke(app, ["eval", "models:/cola-nope/1", *eval_args]))
+
+
 # --------------------------------------------------------------------------------------------- compare
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -74,6 +76,10 @@ def test_group_averaging_matches_hand_computation():
     assert out["mean_similarity"] == pytest.approx(expected, abs=1e-5)
     assert out["qd"] == pytest.approx(1 / expected, rel=1e-4)
     assert out["n_groups"] == 2 and out["group_size"] == 2.5
+    # SE over the two groups' similarities (population convention), through 1/x: |d(1/x)/dx| = 1/x².
+    se_similarity = abs(group_a - group_b) / 2 / math.sqrt(2)
+    assert out["qd_stderr"] == pytest.approx(se_similarity / expected**2, rel=1e-3)
+    assert math.isnan(diversity.semantic_diversity([a])["qd_stderr"])  # one group: no spread to measure
     assert diversity.mean_pairwise_similarity(a) == pytest.approx(group_a, abs=1e-5)
 
 

@@ -62,6 +62,7 @@ def make_project(root: Path, params: dict) -> dict:
     env.pop("COLA_TRACKING", None)
     run(["git", "init", "-q"], root, env)
     run(["dvc", "init", "-q"], root, env)
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")  # the offline `dvc plots` template
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n.cola/\n")
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "micro pipeline"], root, env)
@@ -104,7 +105,7 @@ def test_core_dag_and_a_latent_experiment(project):
     assert ran_stages(exp.stdout) == {"latent", "bc", "evaluate"}, exp.stdout
 
     show = run(["dvc", "exp", "show", "--json"], root, env)
-    assert "cola_arith_acc" in show.stdout and "wm_idm_over_base" in show.stdout
+    assert "cola_minus_base_arith" in show.stdout and "wm_idm_over_base" in show.stdout
 
     client, experiment, runs = mlflow_runs(env, "latent")
     assert sorted(r.data.params["latent.lr"] for r in runs) == ["0.0003", "0.002"]
@@ -144,7 +145,8 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     report = (root / "report" / "report.md").read_text()
     headline = json.loads((root / "metrics" / "report.json").read_text())
     assert "Incomplete" not in report and all((root / "report" / f).is_file()
-                                              for f in ("accuracy.png", "rl_curves.png", "rl_deltas.png"))
+                                              for f in ("accuracy.png", "rl_curves.png", "rl_deltas.png",
+                                                        "gain_vs_retention.png"))
     for model in MODELS:
         assert 0 <= headline[f"{model}/arith_acc"] <= 1 and f"{model}/spell_acc" in headline, model
     table = report.split("## 1.")[1].split("## 2.")[0]
@@ -185,6 +187,40 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     token, cola = (mlflow_runs(env, f"rl@{name}")[2][0] for name in ("token-math", "cola-math"))
     assert (token.data.params["rl.method"], cola.data.params["rl.method"]) == ("token", "cola")
     assert token.data.tags["mlflow.source.name"] == "stages/rl.py"
+
+    # Each model is on its stage run (the smoke models are small: as files), with the md5 dvc.lock records,
+    # and the BC and RL models are registered under stable names, one version per run.
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    bc_run = mlflow_runs(env, "bc")[2][0]
+    bc_md5 = next(o["md5"] for o in lock["bc"]["outs"] if o["path"] == "models/bc")
+    assert (bc_run.data.tags["model.stored"], bc_run.data.tags["model.md5"]) == ("files", bc_md5)
+    assert "model/config.json" in {f.path for f in client.list_artifacts(bc_run.info.run_id, "model")}
+    versions = {name: len(client.search_model_versions(f"name = '{name}'"))
+                for name in ("cola-bc", "cola-rl-cola-math", "cola-rl-token-countdown")}
+    assert versions == {"cola-bc": 2, "cola-rl-cola-math": 2, "cola-rl-token-countdown": 2}, versions
+
+    # DVC's views fit a screen: `dvc metrics show` reads only the small headline files (the detail stays
+    # in metrics/<stage>.json), `--only-changed` keeps the changed param and the metrics it moved, and
+    # `dvc plots diff` overlays both experiments' curves in an HTML page that needs no network.
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
+    files = {name for rev in shown.values() for name in rev["data"]}
+    assert files and all(name.startswith("metrics/headline/") for name in files), files
+    headline_count = sum(len(json.loads((root / name).read_text())) for name in files)
+    detail_count = sum(len(json.loads(path.read_text())) for path in (root / "metrics").glob("*.json"))
+    assert 10 <= headline_count <= 40 < detail_count, (headline_count, detail_count)
+    changed = run(["dvc", "exp", "show", "--only-changed", "--csv"], root, env).stdout
+    header = changed.splitlines()[0].split(",")
+    assert "rl.lr" in header and "latent.lr" not in header and len(header) <= 30, header
+    # By default DVC adds every key of params.yaml and every dependency's hash; the metrics are the headline.
+    full = run(["dvc", "exp", "show", "--csv"], root, env).stdout.splitlines()[0].split(",")
+    metric_columns = full[full.index("parent") + 1:full.index("profile")]
+    assert "metrics/headline/rl/cola-math.json:reward_end" in metric_columns and len(metric_columns) <= 40
+    html = root / "plots_html"
+    run(["dvc", "plots", "diff", "HEAD", "--targets", "plots/rl/cola-math.json", "plots/base_loss.json",
+         "-o", str(html)], root, env)
+    page = (html / "index.html").read_text()
+    assert "cdn." not in page and "https://" not in page.split("<script")[0]
+    assert "HEAD" in page and "workspace" in page
 
 
 def upstream(stages: dict, name: str) -> set[str]:

@@ -129,7 +129,8 @@ def test_a_stage_refuses_bad_params_with_exit_2_and_changes_nothing(tmp_path):
     out = tmp_path / "data"
     env = {**os.environ, "COLA_PARAMS": str(bad), "COLA_TRACKING": "off"}
     result = subprocess.run(
-        [sys.executable, "stages/prepare.py", "--out", str(out), "--metrics", str(tmp_path / "m.json")],
+        [sys.executable, "stages/prepare.py", "--out", str(out), "--metrics", str(tmp_path / "m.json"),
+         "--headline", str(tmp_path / "h.json")],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -346,6 +347,8 @@ def test_no_secret_reaches_the_tracking_store(tmp_path):
             str(tmp_path / "data"),
             "--metrics",
             str(tmp_path / "prepare.json"),
+            "--headline",
+            str(tmp_path / "headline.json"),
         ],
         cwd=REPO,
         env=env,

@@ -15,6 +15,15 @@ from cola.report import ReportConfig, build_report, paired_difference, threshold
 TASKS = ("arith", "countdown", "spell", "wrev")
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """build_report hands its figures to the caller (the pipeline closes them once saved); so do tests."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 # --------------------------------------------------------------------------------------------- seeds
 
 
@@ -87,7 +96,8 @@ def _write_eval(root: Path, name: str, acc: dict[str, float], seeds: list[int] |
             flat[f"{task}_acc"] = k / n
             flat[f"{task}_stderr"] = math.sqrt(k / n * (1 - k / n) / n)
         flat.update(val_ppl=2.5, val_loss=math.log(2.5), arith_qd=1.5, countdown_qd=1.2,
-                    arith_sampled_acc=0.1, countdown_sampled_acc=0.05)
+                    arith_sampled_acc=0.1, countdown_sampled_acc=0.05, arith_qd_stderr=0.25,
+                    countdown_qd_stderr=0.5, arith_sampled_stderr=0.02, countdown_sampled_stderr=0.01)
         per_seed[seed] = flat
     summary = {"model": name, "kind": "cola", "metrics": aggregate(per_seed),
                "seeds": {str(s): m for s, m in per_seed.items()}}
@@ -141,6 +151,7 @@ def test_every_row_and_metric_with_standard_errors(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert all(" ± " in c for c in cells[1 : 1 + len(TASKS)]), line  # every accuracy has its SE
     assert "| CoLA-RL (math) | 20.0 ± 8.9 |" in table  # 4/20 correct: sqrt(.2 * .8 / 20) = 8.9 points
+    assert "| 1.50 ± 0.25 | 1.20 ± 0.50 | 10.0 ± 2.0 | 5.0 ± 1.0 |" in table  # QD and sampled acc, ± SE
     assert report.metrics["cola-math/arith_acc"] == pytest.approx(0.2)
     # RL gain against the start model, with the paired SE: 2 more of 20 problems right, none lost.
     deltas = _section(report.markdown, 3)
@@ -152,7 +163,7 @@ def test_every_row_and_metric_with_standard_errors(tmp_path):
     wall = _section(report.markdown, 6)
     assert "| rl@cola-math | 110 | — |" in wall and "| prepare | 60 | 70 |" in wall and "**total**" in wall
     assert "| rl_eval | — | — |" in wall
-    assert set(report.figures) == {"accuracy.png", "rl_curves.png", "rl_deltas.png"}
+    assert set(report.figures) == {"accuracy.png", "rl_curves.png", "rl_deltas.png", "gain_vs_retention.png"}
     for figure in report.figures.values():
         figure.savefig(tmp_path / "check.png")  # renders
 

@@ -97,6 +97,10 @@ def test_an_outage_loses_nothing_and_sync_replays_it_once(server, tmp_path, capf
         for step in (4, 5, 6):
             run.log_metrics({"loss": 1.0 / step}, step)
         run.summary({"val_loss": 0.25})
+        model = tmp_path / "models" / "latent"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
+        run.log_model(model, attach_up_to_mb=1, registry_name="cola-latent")  # kept for the sync too
     assert json.loads((tmp_path / "metrics" / "latent.json").read_text())["val_loss"] == 0.25
     warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "`cola track sync` replays the run" in warnings[0], warnings
@@ -115,6 +119,8 @@ def test_an_outage_loses_nothing_and_sync_replays_it_once(server, tmp_path, capf
             "data",
             "--metrics",
             "metrics/prepare.json",
+            "--headline",
+            "metrics/headline/prepare.json",
         ],
         cwd=tmp_path,
         env=env,
@@ -160,6 +166,9 @@ def test_an_outage_loses_nothing_and_sync_replays_it_once(server, tmp_path, capf
     assert latent.data.params == {"lr": "0.001", "steps": "6"} and latent.data.metrics["val_loss"] == 0.25
     history = sorted((m.step, m.value) for m in client.get_metric_history(partial_id, "loss"))
     assert [step for step, _ in history if step <= 6] == [1, 2, 3, 4, 5, 6]  # each step once, none lost
+    tags = latent.data.tags
+    assert (tags["model.stored"], tags["model.registered"]) == ("files", "models:/cola-latent/1")
+    assert [f.path for f in client.list_artifacts(partial_id, "model")] == ["model/config.json"]
     prepare = stages["prepare"]
     assert prepare.info.status == "FINISHED" and prepare.data.metrics["arith_test"] == 30
     assert prepare.data.params["prepare.n_test"] == "30"

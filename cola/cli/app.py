@@ -60,18 +60,29 @@ class CliError(ColaError):
     """A command line that cannot run as given."""
 
 
-def _check_paths(model: Path, out_path: Path | None = None) -> None:
-    """Fail in milliseconds, before torch loads, on a model folder that is not there or an --out whose
-    folder is not (the checkpoint loader checks the model folder's contents)."""
+def _check_out(out_path: Path | None) -> None:
+    """An --out whose folder is not there fails in milliseconds (a typo must not create a stray tree)."""
+    if out_path is None:
+        return
+    if out_path.is_dir():
+        raise CliError(f"--out {out_path}: is a folder; give a file such as {out_path / 'eval.json'}")
+    if not out_path.parent.is_dir():
+        raise CliError(f"--out {out_path}: no folder {out_path.parent} (create it first)")
+
+
+def _model_folder(address: str, out_path: Path | None = None) -> Path:
+    """The local folder of a model argument, checked before torch loads: a folder as given, or a
+    ``models:/NAME/VERSION`` / ``runs:/RUN_ID/model`` address fetched from MLflow (no torch either). The
+    checkpoint loader checks the folder's contents."""
+    from cola.tracking.models import is_model_uri, resolve_model
+
+    _check_out(out_path)  # before any download
+    model = resolve_model(address) if is_model_uri(address) else Path(address)
     if not model.is_dir():
         raise CliError(f"{model}: no such model folder" if not model.exists() else f"{model}: not a folder")
     if not (model / "config.json").is_file():
         raise CliError(f"{model / 'config.json'}: missing (not a model folder)")
-    if out_path is not None:
-        if out_path.is_dir():
-            raise CliError(f"--out {out_path}: is a folder; give a file such as {out_path / 'eval.json'}")
-        if not out_path.parent.is_dir():  # a typo in the folder should not create a stray tree of folders
-            raise CliError(f"--out {out_path}: no folder {out_path.parent} (create it first)")
+    return model
 
 
 def _load(model: Path, threads: int | None):

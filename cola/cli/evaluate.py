@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from cola.cli.app import CliError, _check_paths, _fmt, _load, _write_json, app, err, out
+from cola.cli.app import CliError, _fmt, _load, _model_folder, _write_json, app, err, out
 from cola.errors import user_errors
 
 
@@ -58,7 +58,7 @@ def _print_summary(results: dict[str, dict[str, Any]], title: str) -> None:
 
 @contextlib.contextmanager
 def _eval_run(
-    enabled: bool, model: Path, kind: str, tasks: list[str], settings: dict[str, Any]
+    enabled: bool, address: str, model: Path, kind: str, tasks: list[str], settings: dict[str, Any]
 ) -> Iterator[Any]:
     """One MLflow run (`cola.tracking.StageRun`, stage ``eval``) around the evaluation; None with --no-mlflow.
 
@@ -69,11 +69,14 @@ def _eval_run(
         yield None
         return
     from cola.tracking import StageRun, tracking_uri
+    from cola.tracking.models import is_model_uri
 
     resolved = str(model.resolve())
     params = {"model_path": resolved, "kind": kind, "tasks": ",".join(tasks), **settings}
     tags = {"model_path": resolved, "eval.kind": kind, "eval.tasks": ",".join(tasks)}
-    name = f"eval {model.name}: {', '.join(tasks)}"
+    if is_model_uri(address):  # the registered name and version say more than a download folder's name
+        params["model_uri"] = tags["model_uri"] = address
+    name = f"eval {address if is_model_uri(address) else model.name}: {', '.join(tasks)}"
     with StageRun("eval", params=params, profile=None, metrics_path=None, run_name=name, tags=tags,
                   nested=False, source="cola eval") as run:
         if run.run_id is not None:
@@ -100,9 +103,10 @@ def _log_eval(run: Any, results: dict[str, dict[str, Any]], payload: dict[str, A
 @app.command("eval")
 def eval_command(
     model: Annotated[
-        Path,
+        str,
         typer.Argument(
-            help="Model folder: a CoLA checkpoint or a plain HF causal LM, with its tokenizer.",
+            help="Model folder (a CoLA checkpoint or a plain HF causal LM, with its tokenizer), or an MLflow "
+            "address: models:/NAME/VERSION (cola-bc, cola-rl-cola-math, ...) or runs:/RUN_ID/model.",
             show_default=False,
         ),
     ],
@@ -173,7 +177,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model folder on tasks; print a summary table and optionally write JSON results."""
     with user_errors():
-        _check_paths(model, out_path)
+        address, model = model, _model_folder(model, out_path)
         from cola.eval.context import EvalContext
         from cola.eval.runner import check_tasks
 
@@ -211,10 +215,10 @@ def eval_command(
             samples=samples,
             math500_path=str(math500_path) if math500_path is not None else None,
         )
-        with _eval_run(mlflow, model, kind, task, settings) as run:
+        with _eval_run(mlflow, address, model, kind, task, settings) as run:
             results = {name: run_task(name, ctx) for name in task}
-            _print_summary(results, f"{model} ({kind}), {split} split")
-            payload = {"model": str(model), "kind": kind, "settings": settings, "results": results}
+            _print_summary(results, f"{address} ({kind}), {split} split")
+            payload = {"model": address, "kind": kind, "settings": settings, "results": results}
             if out_path is not None:
                 _write_json(out_path, payload)
                 err.print(f"wrote {out_path}")
@@ -256,7 +260,9 @@ def _token_table(tokenizer, ids: list[int], actions: list[int]) -> Table:
 @app.command()
 def generate(
     model: Annotated[
-        Path, typer.Argument(help="Model folder (CoLA checkpoint or plain HF causal LM).", show_default=False)
+        str,
+        typer.Argument(help="Model folder (CoLA checkpoint or plain HF causal LM) or an MLflow address "
+                       "(models:/NAME/VERSION, runs:/RUN_ID/model).", show_default=False),
     ],
     prompt: Annotated[
         str, typer.Argument(help='Prompt text, e.g. "Q: Calculate 3 + 4. A:".', show_default=False)
@@ -287,11 +293,11 @@ def generate(
     """Continue PROMPT with a model folder; print the text and the latent action sequence."""
     with user_errors():
         mode = _action_mode(action, random_actions, greedy_actions)
-        _check_paths(model)
+        address, model = model, _model_folder(model)
         loaded, tokenizer, kind = _load(model, threads)
         if kind == "cola" and action is not None and action >= loaded.config.num_actions:
             raise CliError(
-                f"--action {action} is out of range: {model} has {loaded.config.num_actions} actions"
+                f"--action {action} is out of range: {address} has {loaded.config.num_actions} actions"
             )
         from cola.eval.generate import generate_texts
 
@@ -311,7 +317,7 @@ def generate(
         )[0]
         out.print(Text(prompt, style="dim") + Text(record["completion"], style="bold"))
         if kind != "cola":
-            err.print(f"({model} is a plain base model: no latent actions)")
+            err.print(f"({address} is a plain base model: no latent actions)")
             return
         actions = record["actions"]
         out.print(

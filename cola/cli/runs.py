@@ -16,7 +16,7 @@ from rich.table import Table
 
 from cola.cli.app import CliError, _fmt, app, err, out
 from cola.errors import user_errors
-from cola.headline import is_headline
+from cola.tracking.headline import is_headline
 
 
 class Format(enum.StrEnum):
@@ -50,8 +50,8 @@ def comparison(
     runs: list[dict[str, Any]], metric_patterns: list[str] | None = None, everything: bool = False
 ) -> tuple[list[str], list[list[str]]]:
     """(header, rows) comparing pipeline runs (newest first) as columns: identity rows, then the params
-    whose values differ between the runs, then the headline metrics (`cola.headline`); `everything` shows
-    every param and every metric, `metric_patterns` picks metrics by glob instead."""
+    whose values differ between the runs, then the headline metrics (`cola.tracking.headline`); `everything`
+    shows every param and every metric, `metric_patterns` picks metrics by glob instead."""
     header = ["", *[f"#{i + 1} {run['dvc_exp'] or ''}".strip() for i, run in enumerate(runs)]]
     rows = [
         ["started (UTC)", *[(r["start_time"] or "-")[:19].replace("T", " ") for r in runs]],

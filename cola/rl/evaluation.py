@@ -40,6 +40,7 @@ from cola.config import RLEvalConfig
 from cola.eval.context import default_max_new_tokens
 from cola.eval.generate import generate_texts
 from cola.eval.perplexity import perplexity
+from cola.eval.sampling_metrics import stderr_of_mean
 from cola.eval.scoring import task_accuracy
 from cola.io import atomic_dir, file_digest, fingerprint, read_jsonl, read_text_lines
 from cola.model.checkpoint import load_model_and_tokenizer
@@ -94,12 +95,15 @@ def evaluate_model(folder: str | Path, cfg: RLEvalConfig, test_dir: Path, heldou
         outputs = generate_texts(model, tokenizer, repeated, kind=kind, max_new_tokens=budget(task),
                                  batch_size=cfg.batch_size, seed=cfg.seed, **sampling)
         groups = [[o["completion"] for o in outputs[i * m : (i + 1) * m]] for i in range(len(problems))]
-        correct = [scorer(task).score(ex, c) for ex, group in zip(problems, groups, strict=True)
-                   for c in group]
+        correct = [[scorer(task).score(ex, c) for c in group]
+                   for ex, group in zip(problems, groups, strict=True)]
+        per_prompt = [sum(c) / len(c) for c in correct]
         result["diversity"][task] = {
             **semantic_diversity(groups),
             "distinct": sum(len(set(g)) for g in groups) / len(groups),
-            "sampled_accuracy": sum(correct) / len(correct),
+            "sampled_accuracy": sum(per_prompt) / len(per_prompt),
+            # samples of one prompt are correlated: the SE is over prompts, not over all samples
+            "sampled_accuracy_stderr": stderr_of_mean(per_prompt),
             "examples": [{"prompt": ex["prompt"], "samples": g}
                          for ex, g in zip(problems[:3], groups, strict=False)],
         }
@@ -119,9 +123,11 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     out["val_base_loss"] = ppl["base_loss"]  # the frozen base's own loss (moves only when the base trains)
     for task, div in result["diversity"].items():
         out[f"{task}_qd"] = div["qd"]
+        out[f"{task}_qd_stderr"] = div["qd_stderr"]
         out[f"{task}_similarity"] = div["mean_similarity"]
         out[f"{task}_distinct"] = div["distinct"]
         out[f"{task}_sampled_acc"] = div["sampled_accuracy"]
+        out[f"{task}_sampled_stderr"] = div["sampled_accuracy_stderr"]
     out["eval_seconds"] = result["seconds"]
     return out
 

@@ -101,7 +101,7 @@ def run_rl(cfg: RLConfig, method: str, task: str, *, tasks_dir: Path, start_dir:
         checkpoint_dir.mkdir(parents=True)
     return StageResult(aggregate(summaries),
                        figures={"curves": plot_curves(histories, f"GRPO {method}-{task}")},
-                       records={"curves": curve_records(histories)}, outputs=[out_dir])
+                       records={"curves": curve_records(histories)}, models=[out_dir])
 
 
 def curve_records(histories: dict[int, History]) -> list[dict[str, float]]:

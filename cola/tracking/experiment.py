@@ -86,8 +86,9 @@ def pipeline_parent(client: Any, experiment: str, pid: str, tags: Mapping[str, s
 
 
 def declared_metrics(root: Path = Path(".")) -> dict[str, float]:
-    """Every metric of every metrics file dvc.yaml declares that exists under `root`, as ``<stage>/<key>``
-    (``rl@cola-math/reward_end``): what each stage measured, whether it ran now or DVC took it from cache."""
+    """Every number of every stage's metrics file (the ``--metrics`` path its cmd in dvc.yaml names) that
+    exists under `root`, as ``<stage>/<key>`` (``rl@cola-math/reward_end``): what each stage measured, whether
+    it ran now or DVC took it from cache. (The DVC metrics proper are the headline subsets.)"""
     dvc_yaml = root / "dvc.yaml"
     if not dvc_yaml.is_file():
         return {}
@@ -97,16 +98,16 @@ def declared_metrics(root: Path = Path(".")) -> dict[str, float]:
         entries = [(name, spec)] if "foreach" not in spec else [
             (f"{name}@{key}", _expand(spec["do"], key, item)) for key, item in spec["foreach"].items()]
         for stage, body in entries:
-            for entry in body.get("metrics", []):
-                path = root / (entry if isinstance(entry, str) else next(iter(entry)))
-                if not path.is_file():
-                    continue
-                try:
-                    values = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    continue
-                out.update({f"{stage}/{k}": v for k, v in values.items() if isinstance(v, int | float)
-                            and not isinstance(v, bool)})
+            words = str(body.get("cmd", "")).split()
+            if "--metrics" not in words[:-1]:
+                continue
+            path = root / words[words.index("--metrics") + 1]
+            try:
+                values = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):  # not there yet (the stage has not run) or unreadable
+                continue
+            out.update({f"{stage}/{k}": v for k, v in values.items() if isinstance(v, int | float)
+                        and not isinstance(v, bool)})
     return out
 
 

@@ -25,6 +25,7 @@ from cola.tracking.experiment import experiment_id, pipeline_parent
 from cola.tracking.failures import _check_server, _quiet_mlflow, _short
 from cola.tracking.identity import PARENT_TAG
 from cola.tracking.location import _artifact_location, outbox_dir, tracking_uri
+from cola.tracking.models import log_model
 from cola.tracking.stage_run import (
     RECORD_TAG,
     _clean_key,
@@ -104,6 +105,10 @@ def _replay(client: Any, uri: str, record: dict[str, Any]) -> str:
     log_batch(client, run_id, metrics=metrics, params=param_entities(params))
     headline = {f"{record['stage']}/{k}": v for k, v in record["summary"].items()}
     log_batch(client, parent, metrics=metric_entities(headline, final_step))
+    logged_model = found and "model.stored" in found[0].data.tags
+    for request in [] if logged_model else record.get("models", []):
+        if Path(request["path"]).exists():  # the folder as it is now: its md5 tag says which one
+            log_model(client, run_id, record["stage"], **request)
     client.set_tag(run_id, SYNCED_TAG, "1")
     client.set_terminated(run_id, record["status"], end_time=record["end_time"])
     client.set_terminated(parent, record["status"], end_time=record["end_time"])

@@ -15,6 +15,7 @@ from cola.config.describe import flatten
 from cola.io import atomic_write_json
 from cola.tracking.experiment import declared_metrics, experiment_id, pipeline_parent
 from cola.tracking.failures import _check_server, _quiet_mlflow, _short, _tracking_uri_safe
+from cola.tracking.headline import is_headline
 from cola.tracking.identity import PARENT_TAG, RUN_TYPE_TAG, _pipeline_identity, dvc_exp_name, git_commit
 from cola.tracking.location import _artifact_location, experiment_name, outbox_dir, tracking_uri
 from cola.tracking.metrics_file import _number, write_metrics_json
@@ -31,7 +32,9 @@ class StageRun:
         stage: stage name (``latent``, ``evaluate@math500``); tag ``stage`` and the run name.
         params: the stage's effective config (dataclass or mapping); logged flattened as MLflow params.
         profile: the scale profile (``tiny``, ...); defaults to ``COLA_PROFILE`` or ``"unknown"``.
-        metrics_path: where :meth:`summary` is written on success (DVC metrics); None to skip.
+        metrics_path: where :meth:`summary` is written on success (every number); None to skip.
+        headline_path: where its headline numbers (`cola.tracking.headline`) are written on success: the
+            stage's DVC metrics file, the columns of ``dvc exp show``; None to skip.
         run_name: MLflow run name (default: the stage name).
         tags: extra tags for the stage run.
         flush_interval: seconds between step-metric writes; calls in between are buffered (cheap).
@@ -47,6 +50,7 @@ class StageRun:
         profile: str | None = None,
         metrics_path: str | Path | None = None,
         *,
+        headline_path: str | Path | None = None,
         run_name: str | None = None,
         tags: Mapping[str, Any] | None = None,
         flush_interval: float = 2.0,
@@ -58,6 +62,7 @@ class StageRun:
         self.params = flatten(params) if params is not None else {}
         self.profile = profile or os.environ.get("COLA_PROFILE") or "unknown"
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
+        self.headline_path = Path(headline_path) if headline_path is not None else None
         self.run_name = run_name or stage
         self.extra_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.flush_interval = flush_interval
@@ -74,6 +79,7 @@ class StageRun:
         # What an outbox record needs if MLflow fails: every logged step and the run's identity.
         self.record_id = uuid.uuid4().hex
         self._steps: list[tuple[int, dict[str, float]]] = []
+        self._models: list[dict[str, Any]] = []
         self._tags: dict[str, str] = {}
         self._start_ms = int(time.time() * 1000)
         self._buffer: list[Any] = []
@@ -101,6 +107,9 @@ class StageRun:
             # DVC discards its outputs anyway, and a stale-looking file would mislead.
             if exc_type is None and self.metrics_path is not None:
                 write_metrics_json(self.metrics_path, self._summary)
+            if exc_type is None and self.headline_path is not None:
+                write_metrics_json(self.headline_path, {k: v for k, v in self._summary.items()
+                                                        if is_headline(f"{self.stage}/{k}")})
         except BaseException:
             status = "FAILED"
             raise
@@ -168,6 +177,7 @@ class StageRun:
             "end_time": int(time.time() * 1000), "tags": self._tags, "params": self.params,
             "steps": self._steps, "summary": {**self._summary, "wall_clock_seconds": wall},
             "metrics_path": str(self.metrics_path) if self.metrics_path is not None else None,
+            "models": self._models,
         }
         try:
             atomic_write_json(outbox_dir() / f"{self.record_id}.json", record, indent=1)
@@ -288,6 +298,17 @@ class StageRun:
         self.set_tags(
             {f"output.{label}.path": str(path), f"output.{label}.bytes": sum(f.stat().st_size for f in files)}
         )
+
+    def log_model(self, path: str | Path, *, attach_up_to_mb: float,
+                  registry_name: str | None = None) -> None:
+        """A model folder on the run: its files under ``model/`` up to `attach_up_to_mb` MiB, else a
+        reference to the DVC output; with `registry_name`, a new version of that registered model
+        (`cola.tracking.models.log_model`). Kept for `cola track sync` if MLflow is down."""
+        from cola.tracking import models
+
+        request = {"path": str(path), "attach_up_to_mb": attach_up_to_mb, "registry_name": registry_name}
+        self._models.append(request)
+        self._call(lambda: models.log_model(self.client, self.run_id, self.stage, **request))
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Merge final headline metrics (flat keys, numbers): written to ``metrics_path`` and logged on

@@ -79,4 +79,4 @@ def run_base(cfg: BaseConfig, corpus: Path, out_dir: Path, *, checkpoint_dir: Pa
     metrics = {"parameters": sum(p.numel() for p in model.parameters()),
                "val_loss": lm_loss(model, val_stream, min(cfg.seq_len, 512), cfg.val_tokens)}
     return StageResult(metrics, figures={"loss": plots.curves(history, ["lm_loss"], "base LM pretraining")},
-                       outputs=[out_dir])
+                       records={"loss": plots.curve_records(history, ["lm_loss"])}, models=[out_dir])

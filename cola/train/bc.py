@@ -46,5 +46,7 @@ def run_bc(cfg: BCConfig, corpus: Path, latent_dir: Path, out_dir: Path, *,
     diag["bc_top1"] = diag.pop("policy_idm_agreement")
     diag["marginal_over_base"] = diag["wm_loss_policy_marginal"] / diag["base_loss"]
     diag["train_tokens_per_second"] = trainer.history[-1][1]["tokens_per_second"]
-    figures = {"loss": plots.curves(trainer.history, ["bc_loss", "train_top1"], "behaviour cloning")}
-    return StageResult(diag, figures, outputs=[out_dir])
+    keys = ["bc_loss", "train_top1"]
+    figures = {"loss": plots.curves(trainer.history, keys, "behaviour cloning")}
+    return StageResult(diag, figures, records={"loss": plots.curve_records(trainer.history, keys)},
+                       models=[out_dir])

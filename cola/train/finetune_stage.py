@@ -50,8 +50,9 @@ def run_finetune_stage(cfg: SFTConfig, tasks_dir: Path, source: Path, out_dir: P
     # Save the source's tokenizer as it was written (the loaded one was switched to left padding).
     save_hf_folder(model, tokenizer=AutoTokenizer.from_pretrained(source), out_dir=out_dir)
     title = f"FTA ({cfg.variant})" if fta else "SFT baseline"
-    figure = plots.curves(history, ["response_ce", "rebc_bc_loss"] if fta else ["response_ce"],
-                          f"{title}: response CE")
+    keys = ["response_ce", "rebc_bc_loss"] if fta else ["response_ce"]
+    figure = plots.curves(history, keys, f"{title}: response CE")
     summary = {**metrics, "val_response_ce_before": before, "val_response_ce_after": after,
                "n_train_examples": len(train_examples)}
-    return StageResult(summary, {"loss": figure}, outputs=[out_dir])
+    return StageResult(summary, {"loss": figure}, records={"loss": plots.curve_records(history, keys)},
+                       models=[out_dir])

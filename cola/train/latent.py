@@ -63,6 +63,8 @@ def run_latent(cfg: LatentConfig, corpus: Path, base_dir: Path, out_dir: Path, *
     usage = diag.pop("usage_histogram")
     diag["wm_idm_over_base"] = diag["wm_loss_idm"] / diag["base_loss"]
     diag["train_tokens_per_second"] = trainer.history[-1][1]["tokens_per_second"]
-    figures = {"loss": plots.curves(trainer.history, ["latent_loss", "wm_ce"], "latent-action pretraining"),
+    keys = ["latent_loss", "wm_ce"]
+    figures = {"loss": plots.curves(trainer.history, keys, "latent-action pretraining"),
                "usage": plots.histogram(usage, "IDM argmax action usage (held-out)")}
-    return StageResult(diag, figures, outputs=[out_dir])
+    records = {"loss": plots.curve_records(trainer.history, keys)}
+    return StageResult(diag, figures, records=records, models=[out_dir])
