@@ -288,6 +288,42 @@ def test_gain_threshold_counts_a_rise_over_the_runs_own_start(tokenizer) -> None
     assert summary["threshold_reached"] == 0.0 and "threshold_step" not in summary
 
 
+class ToyTask:
+    """The toy reward's task: the answer is the first generated word, correct when it is TARGET."""
+
+    def vote_key(self, completion: str) -> str | None:
+        return (completion.split() or [None])[0]
+
+    def score(self, example: dict, completion: str) -> bool:
+        return toy_reward(completion, example) == 1.0
+
+
+@pytest.mark.parametrize("method", ["cola", "token"])
+def test_diagnostics_distinct_answers_advantages_and_greedy_validation(tokenizer, method: str) -> None:
+    logs: list[tuple[int, dict]] = []
+    trainer = make_trainer(method, tokenizer, steps=4, log_every=2, val_every=2, val_prompts=6,
+                           on_log=lambda step, stats: logs.append((step, stats)))
+    trainer.task, trainer.val_examples = ToyTask(), PROMPTS[:6]
+    trainer.train()
+    stats = logs[-1][1]
+    assert 1 <= stats["distinct_answers"] <= 8 and stats["advantage_abs"] > 0
+    # The greedy accuracy is what scoring the greedy rollouts of the 6 prompts by hand gives.
+    greedy = trainer.policy.rollout([p["prompt"] for p in PROMPTS[:6]], 1, 3, torch.Generator(), greedy=True)
+    expected = sum(c.split()[:1] == [TARGET] for c in greedy.completions) / 6
+    assert stats["val_greedy_acc"] == pytest.approx(expected) and stats["seconds_validation"] > 0
+    again = trainer.policy.rollout([p["prompt"] for p in PROMPTS[:6]], 1, 3, torch.Generator().manual_seed(9),
+                                   greedy=True)
+    assert again.completions == greedy.completions  # greedy draws nothing from the generator
+
+
+@pytest.mark.parametrize("baseline", ["rloo", "remax"])
+def test_the_other_baselines_learn_the_toy_reward(tokenizer, baseline: str) -> None:
+    trainer = make_trainer("token", tokenizer, steps=30, baseline=baseline)
+    trainer.train()
+    summary = trainer.summary()
+    assert summary["reward_end"] > summary["reward_start"] + 0.3, summary
+
+
 def test_kl_in_loss_with_group_advantages_and_several_epochs(tokenizer) -> None:
     trainer = make_trainer("cola", tokenizer, steps=3, kl_in="loss", kl_estimator="k3",
                            advantage_mode="group", ppo_epochs=2, kl_coef=0.1)

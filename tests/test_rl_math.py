@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from cola.rl.advantages import (
+    baseline_advantages,
     compute_advantages,
     gae,
     group_normalize,
     groups_with_signal,
+    leave_one_out,
     masked_whiten,
     sequence_advantages,
     terminal_token_rewards,
@@ -132,6 +134,31 @@ def test_compute_advantages_group_mode() -> None:
     close(out, [[1.5, 1.5, 0], [-0.5, 0, 0], [-0.5, -0.5, -0.5], [-0.5, -0.5, -0.5]])
     with pytest.raises(ValueError):
         compute_advantages(torch.tensor([1.0, 0]), mask[:2], 2, mode="group", kl_penalty=torch.zeros(2, 3))
+
+
+def test_rloo_subtracts_the_mean_of_the_other_samples() -> None:
+    # Group [1, 0, 0, 1]: sample 0's baseline is (0 + 0 + 1) / 3, so 1 - 1/3 = 2/3; sample 1's is 2/3.
+    # Second group all 0.5: no signal, all zero. RLOO = G/(G-1) × the centred reward, with no std scaling.
+    rewards = torch.tensor([1.0, 0, 0, 1, 0.5, 0.5, 0.5, 0.5])
+    close(leave_one_out(rewards, 4), [2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0])
+    close(baseline_advantages(rewards, 4, "rloo"), [2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0])
+    with pytest.raises(ValueError):
+        leave_one_out(torch.tensor([1.0, 0.0]), 1)
+
+
+def test_remax_subtracts_the_greedy_responses_reward() -> None:
+    # Prompt 0's greedy answer scored 1: its samples [1, 0] get [0, -1]; prompt 1's scored 0: [1, 1] -> [1, 1]
+    # (a group with no spread still learns when the greedy answer differs: ReMax's point).
+    rewards = torch.tensor([1.0, 0, 1, 1])
+    close(baseline_advantages(rewards, 2, "remax", torch.tensor([1.0, 0])), [0, -1, 1, 1])
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    out = compute_advantages(rewards, mask, 2, mode="group", baseline="remax",
+                             greedy_rewards=torch.tensor([1.0, 0]))
+    close(out, [[0, 0], [-1, -1], [1, 1], [1, 1]])
+    with pytest.raises(ValueError, match="one greedy reward per prompt"):
+        baseline_advantages(rewards, 2, "remax")
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_advantages(rewards, 2, "ppo")
 
 
 def test_compute_advantages_gae_mode_whitened() -> None:

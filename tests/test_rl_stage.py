@@ -65,18 +65,20 @@ def _project(tmp_path):
     save_hf_folder(base, tokenizer, tmp_path / "models" / "sft")
     cola = CoLAForCausalLM.from_base(base, num_actions=8, merge_intermediate_size=64)
     save_hf_folder(cola, tokenizer, tmp_path / "models" / "fta")
-    split = tmp_path / "data" / "tasks" / "train"
-    split.mkdir(parents=True)
     rows = [{"prompt": f"Q: {' '.join('abcdefghij'[(i * k) % 10] for i in range(1, 3))} A:", "answer": "h",
              "completion": " \\\\boxed{h}"}
             for k in range(12)]
-    (split / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, part in (("train", rows), ("val", rows[:4])):
+        split = tmp_path / "data" / "tasks" / name
+        split.mkdir(parents=True)
+        (split / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     return tmp_path
 
 
 def _cfg(**overrides) -> RLConfig:
     values = dict(steps=4, prompts_per_step=2, group_size=2, warmup_steps=1, log_every=1, checkpoint_every=2,
-                  seeds=[0, 1], threads=1, lr=1e-2, tasks={"math": {"max_new_tokens": 3}})
+                  seeds=[0, 1], threads=1, lr=1e-2, tasks={"math": {"max_new_tokens": 3}}, val_every=2,
+                  val_prompts=4)
     return from_dict(RLConfig, {**values, **overrides}, "rl")
 
 

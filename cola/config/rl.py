@@ -71,6 +71,10 @@ class RLConfig(OptimConfig):
     advantage_mode: Literal["group", "gae"] = param(
         "gae", "'gae' = terminal group-normalised reward + GAE(γ, λ), V ≡ 0, global whitening (authors); "
                "'group' = the normalised reward on every action (textbook GRPO).")
+    baseline: Literal["group", "rloo", "remax"] = param(
+        "group", "What a sample's reward is compared with: 'group' = its group's mean, divided by the "
+                 "std (GRPO, the paper's), 'rloo' = the mean of the other G-1 samples, 'remax' = the reward "
+                 "of the policy's greedy response to the prompt (one extra greedy rollout per step).")
     gamma: float = param(1.0, "GAE discount γ.", min=0, max=1)
     lam: float = param(0.95, "GAE λ (0.95 decays the terminal reward per action).", min=0, max=1)
     ppo_epochs: int = param(1, "Optimizer steps per rollout batch (1 = on-policy, ratio ≡ 1).", min=1)
@@ -93,6 +97,10 @@ class RLConfig(OptimConfig):
                                   "mean ± spread when there are several "
                                   "(`dvc exp run -S 'rl.seeds=[0,1,2]'`).")
     n_prompts: int = param(0, "Use the first N train prompts of the task (0 = all of them).", min=0)
+    val_every: int = param(50, "Every N steps, the greedy accuracy on the first `val_prompts` validation "
+                               "prompts of the task (`val_greedy_acc`, a curve; 0 = never).", min=0)
+    val_prompts: int = param(64, "How many validation prompts (always the same ones) that accuracy uses.",
+                             min=1)
     steps: int = override(OptimConfig, "steps", 300)
     lr: float = override(OptimConfig, "lr", 1e-4)
     warmup_steps: int = override(OptimConfig, "warmup_steps", 10)

@@ -3,7 +3,14 @@
 Everything is batch-first. ``mask`` is a (B, T) bool/float tensor marking the valid action (or token)
 positions of each response; responses are right-padded, so the positions after EOS are 0.
 
-Two advantage modes are provided (spec §3 Stage 4, §9 item 8):
+The sequence-level advantage r̂ has three estimators (``baseline``), each the sample's reward minus a baseline:
+
+* ``"group"`` -- GRPO: the group mean, divided by the group std (:func:`group_normalize`);
+* ``"rloo"`` -- REINFORCE leave-one-out: the mean of the *other* G - 1 samples of the prompt (unbiased;
+  equals G/(G-1) times the centred reward, no std scaling);
+* ``"remax"`` -- ReMax: the reward of the policy's greedy response to the same prompt (one extra rollout).
+
+Two advantage modes then spread r̂ over the response (spec §3 Stage 4, §9 item 8):
 
 * ``"group"`` -- textbook GRPO: the group-normalised sequence reward is broadcast to every valid position;
   the KL to the reference policy then goes into the loss (see :func:`cola.rl.losses.grpo_loss`).
@@ -25,11 +32,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+Baseline = Literal["group", "rloo", "remax"]  # rl.baseline
+
 __all__ = [
+    "baseline_advantages",
     "compute_advantages",
     "gae",
     "group_normalize",
     "groups_with_signal",
+    "leave_one_out",
     "masked_whiten",
     "sequence_advantages",
     "terminal_token_rewards",
@@ -70,6 +81,39 @@ def group_normalize(
     elif scale != "none":
         raise ValueError(f"unknown scale {scale!r}; expected 'group' or 'none'")
     return centred.clamp(-clamp, clamp).view(-1)
+
+
+def leave_one_out(rewards: Tensor, group_size: int) -> Tensor:
+    """RLOO: r_i minus the mean of the other G - 1 rewards of its group, (N,) -> (N,)."""
+    if group_size < 2:
+        raise ValueError("a leave-one-out baseline needs group_size >= 2")
+    grouped = _grouped(rewards, group_size)
+    others = (grouped.sum(dim=-1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).view(-1)
+
+
+def baseline_advantages(
+    rewards: Tensor,
+    group_size: int,
+    baseline: Baseline = "group",
+    greedy_rewards: Tensor | None = None,
+    *,
+    eps: float = 1e-8,
+    clamp: float = 10.0,
+    scale: Literal["group", "none"] = "group",
+) -> Tensor:
+    """The sequence advantage r̂ (N,) of each sample under `baseline` (module docstring). ``greedy_rewards``
+    (N // G,): the reward of each prompt's greedy response, needed by ``"remax"`` only."""
+    if baseline == "group":
+        return group_normalize(rewards, group_size, eps=eps, clamp=clamp, scale=scale)
+    if baseline == "rloo":
+        return leave_one_out(rewards, group_size)
+    if baseline == "remax":
+        grouped = _grouped(rewards, group_size)
+        if greedy_rewards is None or greedy_rewards.numel() != grouped.shape[0]:
+            raise ValueError(f"remax needs one greedy reward per prompt ({grouped.shape[0]})")
+        return (grouped - greedy_rewards.float().view(-1, 1)).view(-1)
+    raise ValueError(f"unknown baseline {baseline!r}; expected 'group', 'rloo' or 'remax'")
 
 
 def groups_with_signal(rewards: Tensor, group_size: int) -> float:
@@ -145,23 +189,27 @@ def compute_advantages(
     lam: float = 0.95,
     kl_penalty: Tensor | None = None,
     *,
+    baseline: Baseline = "group",
+    greedy_rewards: Tensor | None = None,
     eps: float = 1e-8,
     clamp: float = 10.0,
     scale: Literal["group", "none"] = "group",
 ) -> Tensor:
-    """Per-position advantages (B, T) from scalar sequence rewards (B,).
+    """Per-position advantages (B, T) from scalar sequence rewards (B,); r̂ below is
+    :func:`baseline_advantages` (GRPO's group-normalised reward by default).
 
     ``mode="group"``: A_{i,t} = r̂_i on every valid position (textbook GRPO; KL belongs in the loss, so
     passing ``kl_penalty`` here is an error).
 
     ``mode="gae"`` (the authors' recipe):
-      1. r̂ = group-normalised reward, placed on the last valid position;
+      1. r̂ placed on the last valid position;
       2. every valid position also gets the reward ``-kl_penalty[t]`` where ``kl_penalty = β·KL_t`` is
          supplied already multiplied by β (e.g. β·k1 = β·(log π - log π_ref));
       3. A = GAE(γ, λ) with V = 0;
       4. A is whitened over all valid positions of the batch.
     """
-    adv_seq = group_normalize(seq_rewards, group_size, eps=eps, clamp=clamp, scale=scale)
+    adv_seq = baseline_advantages(seq_rewards, group_size, baseline, greedy_rewards, eps=eps, clamp=clamp,
+                                  scale=scale)
     if mode == "group":
         if kl_penalty is not None:
             raise ValueError("mode='group' puts the KL in the loss; pass kl_penalty only with mode='gae'")

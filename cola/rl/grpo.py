@@ -4,7 +4,8 @@ The algorithm (cola-spec.md §3 stage 4; calibration.md §5), one :meth:`GRPOTra
 
 1. draw ``prompts_per_step`` prompts (seeded) and roll out G samples of each with the policy (no gradient);
 2. score every completion with the task's verifiable reward;
-3. group-normalise the rewards; with ``advantage_mode="gae"`` (the authors' recipe) put the normalised reward
+3. subtract a baseline (``baseline``: GRPO's group normalisation, RLOO's leave-one-out mean or ReMax's greedy
+   response's reward); with ``advantage_mode="gae"`` (the authors' recipe) put the normalised reward
    on the last action, charge every action ``β·KL`` to the frozen reference (``kl_in="reward"``), run
    GAE(γ, λ) with V ≡ 0 and whiten; with ``advantage_mode="group"`` broadcast it (textbook GRPO);
 4. PPO-clip update(s) on the re-scored log-probs (``kl_in="loss"`` adds β·KL to the loss instead).
@@ -31,7 +32,7 @@ from cola.rl.advantages import compute_advantages, groups_with_signal
 from cola.rl.losses import grpo_loss, kl_estimate, masked_mean
 from cola.rl.policies import LatentActionPolicy, Policy, Rollout, TokenPolicy
 from cola.rl.threshold import MA_WINDOW, ThresholdTracker
-from cola.tasks.base import Example
+from cola.tasks.base import Example, Task
 from cola.train.core import Trainer
 
 __all__ = ["GRPOTrainer", "build_policy"]
@@ -61,6 +62,9 @@ class GRPOTrainer(Trainer):
         max_new_tokens: the longest response (tokens = actions).
         reward_threshold: time-to-threshold target (`RLTaskConfig.reward_threshold`); None disables it.
         seed: seeds prompt sampling and the rollouts.
+        task: the task behind `reward_fn`, for the diagnostics: distinct answers per group (`Task.vote_key`)
+            and, with `val_examples`, the greedy accuracy (`Task.score`) every ``cfg.val_every`` steps.
+        val_examples: the fixed validation prompts of that accuracy (the first ``cfg.val_prompts`` are used).
         **kwargs: the training core's (checkpoint_dir, fingerprint, keep_final, description, on_log).
     """
 
@@ -69,10 +73,11 @@ class GRPOTrainer(Trainer):
 
     def __init__(self, policy: Policy, cfg: RLConfig, prompts: list[dict], reward_fn: ExampleReward, *,
                  max_new_tokens: int, reward_threshold: float | None = None, seed: int = 0,
-                 **kwargs: Any) -> None:
+                 task: Task | None = None, val_examples: list[Example] | None = None, **kwargs: Any) -> None:
         if not prompts:
             raise ValueError("GRPO needs at least one prompt")
         self.policy, self.prompts, self.reward_fn = policy, prompts, reward_fn
+        self.task, self.val_examples = task, list(val_examples or [])[: cfg.val_prompts]
         self.max_new_tokens = max_new_tokens
         # Freeze everything but the trainable part first, then copy the reference: it is the policy at step 0
         # and never moves (the KL anchors the run to where RL started).
@@ -104,7 +109,17 @@ class GRPOTrainer(Trainer):
         return torch.tensor([self.reward_fn(c, examples[b // g]) for b, c in enumerate(rollout.completions)],
                             dtype=torch.float32)
 
-    def advantages(self, rewards: Tensor, rollout: Rollout, ref_logp: Tensor) -> Tensor:
+    def greedy_rewards(self, examples: list[Example]) -> Tensor | None:
+        """ReMax's baseline: the reward of the policy's greedy response to each prompt (None otherwise)."""
+        if self.cfg.baseline != "remax":
+            return None
+        greedy = self.policy.rollout([ex["prompt"] for ex in examples], 1, self.max_new_tokens,
+                                     self.rollout_generator, greedy=True)
+        pairs = zip(greedy.completions, examples, strict=True)
+        return torch.tensor([self.reward_fn(c, ex) for c, ex in pairs], dtype=torch.float32)
+
+    def advantages(self, rewards: Tensor, rollout: Rollout, ref_logp: Tensor,
+                   greedy_rewards: Tensor | None = None) -> Tensor:
         """(B, N) per-action advantages; in the authors' recipe β·KL to the reference is a per-action cost."""
         cfg, mask = self.cfg, rollout.response_mask
         kl_penalty = None
@@ -113,7 +128,34 @@ class GRPOTrainer(Trainer):
             # it.
             kl_penalty = cfg.kl_coef * kl_estimate(rollout.old_logprobs, ref_logp, cfg.kl_estimator) * mask
         return compute_advantages(rewards, mask, cfg.group_size, mode=cfg.advantage_mode, gamma=cfg.gamma,
-                                  lam=cfg.lam, kl_penalty=kl_penalty)
+                                  lam=cfg.lam, kl_penalty=kl_penalty, baseline=cfg.baseline,
+                                  greedy_rewards=greedy_rewards)
+
+    def distinct_answers(self, rollout: Rollout) -> float | None:
+        """Mean number of distinct answers (`Task.vote_key`; no answer counts as one) in a group: 1 means
+        every sample of the prompt said the same thing, whatever actions or tokens produced it."""
+        if self.task is None:
+            return None
+        keys = [self.task.vote_key(c) for c in rollout.completions]
+        g = rollout.group_size
+        groups = [keys[i : i + g] for i in range(0, len(keys), g)]
+        return sum(len(set(group)) for group in groups) / len(groups)
+
+    @torch.no_grad()
+    def validation_accuracy(self) -> float | None:
+        """Greedy accuracy on the fixed validation prompts every ``cfg.val_every`` steps (None between)."""
+        every = self.cfg.val_every
+        if self.task is None or not self.val_examples or not every or (self.global_step + 1) % every:
+            return None
+        batch = self.cfg.prompts_per_step * self.cfg.group_size
+        correct = 0
+        for i in range(0, len(self.val_examples), batch):
+            examples = self.val_examples[i : i + batch]
+            rollout = self.policy.rollout([ex["prompt"] for ex in examples], 1, self.max_new_tokens,
+                                          self.rollout_generator, greedy=True)
+            pairs = zip(examples, rollout.completions, strict=True)
+            correct += sum(self.task.score(ex, c) for ex, c in pairs)
+        return correct / len(self.val_examples)
 
     def training_step(self) -> dict[str, float]:
         """One GRPO step (rollout → rewards → advantages → PPO-clip update); returns its stats."""
@@ -128,12 +170,13 @@ class GRPOTrainer(Trainer):
 
         # 2. Verifiable rewards, then 3. advantages (the reference is scored on the same rollout).
         rewards = self.rewards(rollout, examples)
+        greedy_rewards = self.greedy_rewards(examples)
         rewarded = time.perf_counter()
         mask = rollout.response_mask
         old_logp = rollout.old_logprobs
         ref_logp = self.ref.logprobs(rollout)
         referenced = time.perf_counter()
-        adv = self.advantages(rewards, rollout, ref_logp)
+        adv = self.advantages(rewards, rollout, ref_logp, greedy_rewards)
 
         # 4. PPO-clip update(s). With one epoch the ratio is 1 and this is a plain policy gradient whose clip
         # never fires; extra epochs reuse the same rollout, which is what the clip is for. The schedule counts
@@ -162,6 +205,7 @@ class GRPOTrainer(Trainer):
             reward_std=rewards.std().item(),
             reward_ma=sum(self.reward_history[-MA_WINDOW:]) / len(self.reward_history[-MA_WINDOW:]),
             groups_with_signal=groups_with_signal(rewards, cfg.group_size),
+            advantage_abs=masked_mean(adv.abs(), mask).item(),
             entropy=entropy,
             response_length=n_tokens / mask.shape[0],
             n_tokens=n_tokens,
@@ -173,6 +217,12 @@ class GRPOTrainer(Trainer):
             seconds_per_step=end - start,
         )
         out.setdefault("kl", 0.0)
+        diagnostics = {"distinct_answers": self.distinct_answers(rollout)}
+        validation_start = time.perf_counter()  # not training time: outside `elapsed` and seconds_per_step
+        diagnostics["val_greedy_acc"] = self.validation_accuracy()
+        if diagnostics["val_greedy_acc"] is not None:
+            diagnostics["seconds_validation"] = time.perf_counter() - validation_start
+        out.update({k: v for k, v in diagnostics.items() if v is not None})
         return out
 
     # ------------------------------------------------------------------------------------------ results

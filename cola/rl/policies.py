@@ -92,10 +92,10 @@ class Policy(Scorer, Protocol):
 
     kind: str  # "cola" or "token", used in logs
 
-    def rollout(
-        self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator
-    ) -> Rollout:
-        """Sample ``group_size`` responses for each prompt (no gradient)."""
+    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator,
+                greedy: bool = False) -> Rollout:
+        """Sample ``group_size`` responses for each prompt (no gradient); ``greedy``: argmax actions or tokens
+        instead (ReMax's baseline, the validation accuracy), drawing nothing from `generator`."""
         ...
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -263,12 +263,12 @@ class LatentActionPolicy:
         self.model.eval()
 
     @torch.no_grad()
-    def rollout(
-        self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator
-    ) -> Rollout:
+    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator,
+                greedy: bool = False) -> Rollout:
         ids, mask = encode_prompts(self.tokenizer, prompts)  # each prompt's pass runs once per group
         out = self.model.generate_latent(
-            ids, mask, max_new_tokens=max_new_tokens, action_mode="sample", action_top_k=self.top_k,
+            ids, mask, max_new_tokens=max_new_tokens, action_mode="greedy" if greedy else "sample",
+            action_top_k=self.top_k,
             action_temperature=self.temperature, token_sampling=False,
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad_token_id(self.tokenizer),
             generator=generator, return_hidden=True, num_samples=group_size,
@@ -355,9 +355,8 @@ class TokenPolicy:
         self.model.eval()  # no dropout: sampler and learner are the same function
 
     @torch.no_grad()
-    def rollout(
-        self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator
-    ) -> Rollout:
+    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator,
+                greedy: bool = False) -> Rollout:
         ids, prompt_mask = encode_prompts(self.tokenizer, prompts, group_size)
         eos, pad = self.tokenizer.eos_token_id, pad_token_id(self.tokenizer)
         batch, prompt_length = ids.shape
@@ -377,7 +376,7 @@ class TokenPolicy:
         alive, logprobs = [], []
         for step in range(max_new_tokens):
             scaled = logits.float() / self.temperature
-            token = _top_k_sample(scaled, self.top_k, generator)
+            token = scaled.argmax(-1) if greedy else _top_k_sample(scaled, self.top_k, generator)
             logp = torch.log_softmax(scaled, -1).gather(-1, token[:, None]).squeeze(-1)
 
             alive.append(~done)

@@ -63,6 +63,7 @@ def run_rl(cfg: RLConfig, method: str, task: str, *, tasks_dir: Path, start_dir:
     torch.set_num_threads(cfg.threads)
     split = RL_TASKS[task]
     prompts = load_task_examples(tasks_dir, "train", [split])[: cfg.n_prompts or None]
+    val_examples = load_task_examples(tasks_dir, "val", [split])[: cfg.val_prompts] if cfg.val_every else []
     inputs = fingerprint(file_digest(start_dir), file_digest(tasks_dir / "train" / f"{split}.jsonl"),
                          cfg.n_prompts)
     run_cfg = cfg.for_task(task)
@@ -82,6 +83,7 @@ def run_rl(cfg: RLConfig, method: str, task: str, *, tasks_dir: Path, start_dir:
                             f"start model, found a {kind} folder")
         trainer = GRPOTrainer(
             build_policy(model, tokenizer, method, run_cfg), run_cfg, prompts, TASKS[split].reward,
+            task=TASKS[split], val_examples=val_examples,
             max_new_tokens=cfg.task(task).max_new_tokens, reward_threshold=cfg.task(task).reward_threshold,
             seed=seed, checkpoint_dir=checkpoint_dir / f"seed-{seed}" if checkpoint_dir is not None else None,
             keep_final=True,  # a finished seed survives a kill during a later one
