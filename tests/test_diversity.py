@@ -91,3 +91,51 @@ def test_empty_strings_and_bad_groups():
         diversity.semantic_diversity([[CAT, CAT_PARAPHRASE], [CAT]])
     with pytest.raises(ValueError, match="at least one group"):
         diversity.semantic_diversity([])
+
+
+# ------------------------------------------------------------------------------------ other embedders
+
+
+@pytest.fixture(scope="module")
+def cls_embedder(tmp_path_factory):
+    """A tiny random BERT folder that pools the CLS token (as BGE-M3 does), with MiniLM's tokenizer."""
+    import json
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("embedder")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (diversity.model_dir() / name).is_file():
+            shutil.copy(diversity.model_dir() / name, folder / name)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True,
+                                                                   "pooling_mode_mean_tokens": False}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 8}))
+    return folder
+
+
+def test_a_folder_embedder_pools_as_its_config_says(cls_embedder):
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = [CAT, CAT_PARAPHRASE, "word " * 50]
+    emb = diversity.embed(texts, embedder=str(cls_embedder))
+    tokenizer = AutoTokenizer.from_pretrained(cls_embedder)
+    model = AutoModel.from_pretrained(cls_embedder).eval()
+    with torch.no_grad():
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=8, return_tensors="pt")
+        expected = torch.nn.functional.normalize(model(**enc).last_hidden_state[:, 0], dim=-1)
+    assert emb.shape == (3, 32) and torch.allclose(emb, expected, atol=1e-5)
+    groups = [[CAT, CAT_PARAPHRASE], [CAT, UNRELATED[0]]]
+    default, other = (diversity.semantic_diversity(groups, embedder=e)
+                      for e in (diversity.DEFAULT_EMBEDDER, str(cls_embedder)))
+    assert default["qd"] != pytest.approx(other["qd"])  # the embedder is really the one asked for
+
+
+def test_an_unreachable_embedder_is_one_line():
+    with pytest.raises(diversity.EmbedderMissingError, match="not a folder and not fetchable") as info:
+        diversity.embed([CAT], embedder="no-such-org/no-such-embedder")
+    assert "\n" not in str(info.value)

@@ -157,6 +157,11 @@ def eval_command(
             "math500_local, and of math500 instead of the hub.",
         ),
     ] = None,
+    diversity_embedder: Annotated[
+        str,
+        typer.Option(help="Sentence embedder of the diversity task: all-MiniLM-L6-v2 (offline), a "
+                     "sentence-transformers folder or a hub id (BAAI/bge-m3, the paper's)."),
+    ] = "all-MiniLM-L6-v2",
     samples: Annotated[
         int,
         typer.Option(
@@ -183,7 +188,9 @@ def eval_command(
 
         # Names are checked before loading the model (a typo fails in milliseconds), then again with the
         # model's kind (a plain base cannot run the probe), always before any task runs.
-        options = {"math500_path": str(math500_path)} if math500_path is not None else {}
+        options: dict[str, Any] = {"embedder": diversity_embedder}
+        if math500_path is not None:
+            options["math500_path"] = str(math500_path)
         ctx = EvalContext(
             model_path=str(model),
             model=None,
@@ -214,6 +221,7 @@ def eval_command(
             seed=seed,
             samples=samples,
             math500_path=str(math500_path) if math500_path is not None else None,
+            diversity_embedder=diversity_embedder,
         )
         with _eval_run(mlflow, address, model, kind, task, settings) as run:
             results = {name: run_task(name, ctx) for name in task}

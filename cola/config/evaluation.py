@@ -25,6 +25,10 @@ class EvalConfig(RuntimeConfig):
     diversity_samples: int = param(8, "M sampled continuations per prefix or prompt (semantic diversity).",
                                    min=2)
     seed: int = param(0, "Seed of every sampled continuation.")
+    diversity_embedder: str = param(
+        "all-MiniLM-L6-v2", "Sentence embedder of semantic diversity: all-MiniLM-L6-v2 (offline, the "
+        "default), a sentence-transformers model folder, or a hub id such as BAAI/bge-m3 (the paper's; needs "
+        "the hub or its cache). QD compares runs under one embedder only.")
 
 
 @dataclass

@@ -36,6 +36,7 @@ def semantic_diversity_eval(
     length: int = 24,
     seed: int = 0,
     batch_size: int = 64,
+    embedder: str = "all-MiniLM-L6-v2",
 ) -> dict[str, dict[str, Any]]:
     """QD of M continuations of each of N prefixes, by sampling method (cola-spec.md §5).
 
@@ -43,7 +44,7 @@ def semantic_diversity_eval(
     `token_sampling`: the base LM (a CoLA model's frozen `model.base`) sampled at temperature 1;
     `random_tokens`: uniformly random tokens (the floor). Continuations run the full `length` (EOS does not
     stop them). Each method's dict is `cola.eval.diversity.semantic_diversity`'s (`mean_similarity`, `qd`,
-    `n_groups`, `group_size`) plus `examples`, the continuations of the first prefix.
+    `n_groups`, `group_size`) under `embedder` plus `examples`, the continuations of the first prefix.
     """
     from cola.eval.diversity import semantic_diversity
 
@@ -62,7 +63,7 @@ def semantic_diversity_eval(
     results = {}
     for method, method_texts in texts.items():
         groups = _groups(method_texts, m)
-        results[method] = {**semantic_diversity(groups), "examples": groups[0]}
+        results[method] = {**semantic_diversity(groups, embedder=embedder), "examples": groups[0]}
     return results
 
 def _mean_pairwise_tv(probs: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ def _run_diversity(ctx: EvalContext) -> dict[str, Any]:
         ctx.kind,
         prefixes,
         seed=ctx.seed,
-        **{k: ctx.options[k] for k in ("m", "length") if k in ctx.options},
+        **{k: ctx.options[k] for k in ("m", "length", "embedder") if k in ctx.options},
     )
 
 def _run_probe(ctx: EvalContext) -> dict[str, Any]:

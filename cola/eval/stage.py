@@ -54,7 +54,8 @@ def run_evaluate(cfg: EvaluateConfig, test_dir: Path, heldout: Path, base_dir: P
         prefixes = cut_prefixes(val_lines, cfg.diversity_prefixes + cfg.probe_prefixes, cfg.seed)
         diversity = semantic_diversity_eval(
             cola_model, tokenizer, "cola", prefixes[: cfg.diversity_prefixes],
-            m=cfg.diversity_samples, length=cfg.diversity_length, seed=cfg.seed)
+            m=cfg.diversity_samples, length=cfg.diversity_length, seed=cfg.seed,
+            embedder=cfg.diversity_embedder)
         for method, values in diversity.items():
             summary[f"qd_{method}"] = values["qd"]
             summary[f"similarity_{method}"] = values["mean_similarity"]

@@ -99,7 +99,7 @@ def evaluate_model(folder: str | Path, cfg: RLEvalConfig, test_dir: Path, heldou
                    for ex, group in zip(problems, groups, strict=True)]
         per_prompt = [sum(c) / len(c) for c in correct]
         result["diversity"][task] = {
-            **semantic_diversity(groups),
+            **semantic_diversity(groups, embedder=cfg.diversity_embedder),
             "distinct": sum(len(set(g)) for g in groups) / len(groups),
             "sampled_accuracy": sum(per_prompt) / len(per_prompt),
             # samples of one prompt are correlated: the SE is over prompts, not over all samples
