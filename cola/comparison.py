@@ -41,7 +41,8 @@ __all__ = ["METHODS", "RL_TASKS", "RUN_INFO", "START_MODELS", "Row", "aggregate"
 
 #: RL task -> the task split of its prompts (data/tasks/train/<split>.jsonl), reward and headline test.
 RL_TASKS = {"math": "arith", "countdown": "countdown"}
-#: method -> the model (under models/) its RL starts from; dvc.yaml's `rl` entries list the same as deps.
+#: method -> the model (under models/) its RL starts from by default; `rl.cola_start` may make CoLA's `bc`
+#: (dvc.yaml's `rl` entries read it for their --start and dependency).
 START_MODELS = {"cola": "fta", "token": "sft"}
 METHODS = tuple(START_MODELS)
 METHOD_LABELS = {"token": "Token-RL", "cola": "CoLA-RL"}
@@ -69,13 +70,15 @@ class Row:
         return RL_TASKS[self.task] if self.task else None
 
 
-def rows() -> list[Row]:
-    """Every model in table order: base, SFT, CoLA-BC, CoLA-FTA, then token-RL and CoLA-RL per task."""
+def rows(cola_start: str = START_MODELS["cola"]) -> list[Row]:
+    """Every model in table order: base, SFT, CoLA-BC, CoLA-FTA, then token-RL and CoLA-RL per task (CoLA-RL
+    starting from `cola_start`, ``rl.cola_start``)."""
     out = [Row("base", "Base"), Row("sft", "SFT"), Row("bc", "CoLA-BC"), Row("fta", "CoLA-FTA")]
+    starts = {**START_MODELS, "cola": cola_start}
     for task in RL_TASKS:
         for method in ("token", "cola"):
             out.append(Row(f"{method}-{task}", f"{METHOD_LABELS[method]} ({task})", method, task,
-                           START_MODELS[method]))
+                           starts[method]))
     return out
 
 

@@ -7,7 +7,8 @@ def main(stage: StageContext) -> None:
     from cola.report import run_report
 
     args = stage.args
-    result = run_report(stage.cfg, args.out, profile=stage.params.profile, evals_dir=args.evals,
+    result = run_report(stage.cfg, args.out, profile=stage.params.profile,
+                        cola_start=stage.params.rl.cola_start, evals_dir=args.evals,
                         rl_metrics_dir=args.rl_metrics, rl_curves_dir=args.rl_curves,
                         stage_metrics_dir=args.stage_metrics)
     stage.finish(result, figures={name: args.out / name for name in result.figures})

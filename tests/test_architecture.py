@@ -254,9 +254,42 @@ def dvc_stages() -> dict[str, dict]:
         for key, item in spec["foreach"].items():
             text = yaml.safe_dump(spec["do"]).replace("${key}", key)
             for field_name, value in item.items():
-                text = text.replace("${item." + field_name + "}", value)
+                text = text.replace("${item." + field_name + "}", _resolve(value))
             stages[f"{name}@{key}"] = yaml.safe_load(text)
     return stages
+
+
+def _resolve(value: str) -> str:
+    """A dvc.yaml value with its ``${section.key}`` references to params.yaml filled in, as DVC does."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def lookup(match: re.Match) -> str:
+        found = params
+        for part in match.group(1).split("."):
+            found = found[part]
+        return str(found)
+
+    return re.sub(r"\$\{([\w.]+)\}", lookup, value)
+
+
+def test_rl_cola_start_rewires_the_cola_runs(tmp_path, monkeypatch):
+    """`-S rl.cola_start=bc` makes the rl@cola-* entries start from (and depend on) models/bc, as DVC
+    resolves dvc.yaml; the token runs keep models/sft."""
+    from dvc.repo import Repo
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["rl"]["cola_start"] = "bc"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)  # DVC resolves dvc.yaml's ${...} against the working directory's params
+    Repo.init(".")
+    stages = {s.addressing: s for s in Repo(".").index.stages}
+    starts = {name: [str(d.def_path) for d in stages[name].deps if str(d.def_path).startswith("models/")]
+              for name in ("rl@cola-math", "rl@cola-countdown", "rl@token-math")}
+    assert starts == {"rl@cola-math": ["models/bc"], "rl@cola-countdown": ["models/bc"],
+                      "rl@token-math": ["models/sft"]}
+    assert "--start models/bc" in stages["rl@cola-math"].cmd
 
 
 def script_of(spec: dict) -> Path:

@@ -203,9 +203,11 @@ def test_the_grid_matches_dvc_yaml():
     stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
     rl_entries = stages["rl"]["foreach"]
     assert set(rl_entries) == {row.name for row in rows() if row.method}
+    starts = {"cola": "${rl.cola_start}", "token": START_MODELS["token"]}  # CoLA's start is a param
     for name, item in rl_entries.items():
-        assert name == f"{item['method']}-{item['task']}" and item["start"] == START_MODELS[item["method"]]
+        assert name == f"{item['method']}-{item['task']}" and item["start"] == starts[item["method"]]
         assert item["task"] in RL_TASKS
+    assert {row.start for row in rows("bc") if row.method == "cola"} == {"bc"}  # its gains measured from bc
     # rl_eval reads every row's model folder (relative to its --models folder): all of them must be its deps.
     folders = {f"models/{row.folder}" for row in rows() if not row.method} | {"models/rl"}
     assert folders <= set(stages["rl_eval"]["deps"])

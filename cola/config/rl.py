@@ -96,6 +96,10 @@ class RLConfig(OptimConfig):
     seeds: list[int] = param([0], "RL seeds: one model per seed from the same start model; the report shows "
                                   "mean ± spread when there are several "
                                   "(`dvc exp run -S 'rl.seeds=[0,1,2]'`).")
+    cola_start: Literal["fta", "bc"] = param(
+        "fta", "Start model of the CoLA RL runs: fta (fine-tuned under action guidance, the paper's) or bc "
+               "(the behaviour-cloned policy, as the calibration prototype). dvc.yaml reads it for the "
+               "rl@cola-* entries' --start and dependency.")
     n_prompts: int = param(0, "Use the first N train prompts of the task (0 = all of them).", min=0)
     val_every: int = param(50, "Every N steps, the greedy accuracy on the first `val_prompts` validation "
                                "prompts of the task (`val_greedy_acc`, a curve; 0 = never).", min=0)

@@ -78,14 +78,15 @@ class Report:
 
 
 def build_report(cfg: ReportConfig, *, evals_dir: Path, rl_metrics_dir: Path, rl_curves_dir: Path,
-                 stage_metrics_dir: Path, profile: str = "") -> Report:
+                 stage_metrics_dir: Path, profile: str = "", cola_start: str = "fta") -> Report:
     """Read the pipeline's outputs and render the report (no file is written here).
 
     `evals_dir/<model>/` is what rl_eval wrote, `rl_metrics_dir/<run>.json` and `rl_curves_dir/<run>.json`
-    what each RL run wrote, `stage_metrics_dir/<stage>.json` every other stage's metrics (its wall-clock).
+    what each RL run wrote, `stage_metrics_dir/<stage>.json` every other stage's metrics (its wall-clock);
+    `cola_start` is the model CoLA-RL started from (``rl.cola_start``: its gains are measured against it).
     """
     inputs = load_inputs(cfg, evals_dir=evals_dir, rl_metrics_dir=rl_metrics_dir, rl_curves_dir=rl_curves_dir,
-                         stage_metrics_dir=stage_metrics_dir)
+                         stage_metrics_dir=stage_metrics_dir, cola_start=cola_start)
     parts = [
         sections.introduction(inputs, profile),
         sections.every_model(inputs),

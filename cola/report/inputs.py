@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cola.comparison import SPREADS, Row, rows
+from cola.comparison import SPREADS, START_MODELS, Row, rows
 from cola.config import ReportConfig
 
 
@@ -70,12 +70,12 @@ class ReportInputs:
 
 
 def load_inputs(cfg: ReportConfig, *, evals_dir: Path, rl_metrics_dir: Path, rl_curves_dir: Path,
-                stage_metrics_dir: Path) -> ReportInputs:
+                stage_metrics_dir: Path, cola_start: str = START_MODELS["cola"]) -> ReportInputs:
     """Read every row's evaluation, RL metrics and curves; a file not found is listed in ``missing``."""
     spread_kind = cfg.seed_spread
     if spread_kind not in SPREADS:
         raise ValueError(f"seed_spread must be one of {SPREADS}")
-    table_rows = rows()
+    table_rows = rows(cola_start)
     evals = {row.name: load_eval(evals_dir / row.name) for row in table_rows}
     rl_metrics = {row.name: _read_json(rl_metrics_dir / f"{row.name}.json") or {}
                   for row in table_rows if row.method}
