@@ -311,6 +311,7 @@ def test_diagnostics_distinct_answers_advantages_and_greedy_validation(tokenizer
     greedy = trainer.policy.rollout([p["prompt"] for p in PROMPTS[:6]], 1, 3, torch.Generator(), greedy=True)
     expected = sum(c.split()[:1] == [TARGET] for c in greedy.completions) / 6
     assert stats["val_greedy_acc"] == pytest.approx(expected) and stats["seconds_validation"] > 0
+    assert trainer.summary()["val_greedy_acc"] == stats["val_greedy_acc"]
     again = trainer.policy.rollout([p["prompt"] for p in PROMPTS[:6]], 1, 3, torch.Generator().manual_seed(9),
                                    greedy=True)
     assert again.completions == greedy.completions  # greedy draws nothing from the generator

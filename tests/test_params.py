@@ -228,3 +228,33 @@ class _Outer:
 def test_partial_nested_section_keeps_the_fields_own_defaults():
     """A nested field whose default_factory differs from the class defaults keeps those values."""
     assert from_dict(_Outer, {"inner": {"steps": 5}}, "x").inner == _Inner(lr=1e-3, steps=5)
+
+
+def test_the_ablation_scripts_overrides_are_valid_params() -> None:
+    """Every arm of experiments/rl_ablation.sh (its `-S key=value` overrides together, with the common ones)
+    names real params and valid values, so a queued arm cannot fail an hour in or silently set nothing."""
+    import copy
+    import re
+
+    import yaml
+
+    from cola.config import PipelineParams, from_dict
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "experiments" / "rl_ablation.sh").read_text()
+    base = yaml.safe_load((root / "params.yaml").read_text())
+    override = re.compile(r"-S '?([\w.]+)=([^'\s\")]+)")
+    common = override.findall(script[script.index("COMMON=(") : script.index("\n", script.index("COMMON=("))])
+    arms = dict(re.findall(r'^  \[(\w+)\]="([^"]*)"', script, flags=re.MULTILINE))
+    assert len(arms) >= 20 and common, (arms, common)
+    for arm, words in arms.items():
+        params = copy.deepcopy(base)
+        for key, value in [*common, *override.findall(words)]:
+            *parents, leaf = key.split(".")
+            section = params
+            for part in parents:
+                section = section[part]
+            assert leaf in section, f"{arm}: {key} is not a param"
+            section[leaf] = yaml.safe_load(value)
+        from_dict(PipelineParams, params, where="", source=f"experiments/rl_ablation.sh arm {arm}")
+        assert words.split()[-1] in ("${COLA[*]}", "${TOKEN[*]}"), arm  # every arm names its target stage

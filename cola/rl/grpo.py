@@ -228,7 +228,8 @@ class GRPOTrainer(Trainer):
     # ------------------------------------------------------------------------------------------ results
 
     def summary(self) -> dict[str, float]:
-        """Whole-run figures: steps, seconds, reward at the start and end, time-to-threshold when reached."""
+        """Whole-run figures: steps, seconds, reward at the start and end, time-to-threshold when reached, the
+        last greedy validation accuracy."""
         history = self.reward_history
         fifth = max(1, len(history) // 5)
         out: dict[str, float] = {"steps": float(self.global_step), "train_seconds": self.elapsed}
@@ -236,6 +237,9 @@ class GRPOTrainer(Trainer):
             out["reward_start"] = sum(history[:fifth]) / fifth
             out["reward_end"] = sum(history[-fifth:]) / fifth
         out.update(self.threshold.summary())
+        measured = [stats["val_greedy_acc"] for _, stats in self.history if "val_greedy_acc" in stats]
+        if measured:  # the last validation, even when it did not fall in the last logged window
+            out["val_greedy_acc"] = measured[-1]
         return out
 
     # ------------------------------------------------------------------------------------------ resuming

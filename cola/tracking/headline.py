@@ -17,6 +17,7 @@ HEADLINE = (
     "evaluate/cola_minus_base_*",                  # CoLA-BC against its base, per task
     "fta/val_response_ce_after", "sft/val_response_ce_after",
     "rl@*/reward_end",                             # the sampled reward each RL run reached
+    "rl@*/val_greedy_acc", "rl@*/val_greedy_acc_sd",  # greedy validation accuracy: what choices are made on
     "report/cola_minus_token/*",                   # the paper's comparison, per RL task
     "report/cola_over_token_threshold_seconds/*",  # "half the compute"
     "report/*/delta_*_acc",                        # each RL run's task gain and retention
