@@ -1,0 +1,1 @@
+"""Test-time search over latent actions (MCTS-Q, cola-spec.md §3 stage 5): the tree (`tree`)."""
