@@ -122,7 +122,8 @@ def _pipeline(root: Path, seeds: list[int] | None = None, skip: tuple[str, ...] 
                 "reward_start": 0.1, "reward_end": 0.2, "kl": 0.3, "entropy": 2.0, "response_length": 9.0,
                 "seconds_per_step": 0.3, "tokens_per_second": 4000.0, "steps": 300, "train_seconds": 95.0,
                 "threshold_reached": 1.0, "threshold_step": 120.0, "threshold_seconds": 40.0,
-                "wall_clock_seconds": 110.0}))
+                "wall_clock_seconds": 110.0, "groups_with_signal": 0.25, "distinct_answers": 3.5,
+                "advantage_abs": 0.7, "clip_fraction": 0.0, "grad_norm": 0.123, "val_greedy_acc": 0.145}))
             curve = [{"step": s, "seed": seed, "reward_mean": 0.1 + s / 1000, "kl": s / 100, "entropy": 2.0,
                       "response_length": 9.0} for seed in (seeds or [0]) for s in (10, 20, 30)]
             (root / "plots" / "rl" / f"{row.name}.json").write_text(json.dumps(curve))
@@ -160,6 +161,7 @@ def test_every_row_and_metric_with_standard_errors(tmp_path):
     assert report.metrics["cola_minus_token/countdown"] == pytest.approx(0.10)
     runs = _section(report.markdown, 2)
     assert "0.100 → 0.200" in runs and "120 / 40" in runs
+    assert "| CoLA-RL (math) | 0.25 | 3.50 | 0.700 | 0.000 | 0.123 | 0.145 |" in runs  # the diagnostics
     wall = _section(report.markdown, 6)
     assert "| rl@cola-math | 110 | — |" in wall and "| prepare | 60 | 70 |" in wall and "**total**" in wall
     assert "| rl_eval | — | — |" in wall
