@@ -47,6 +47,7 @@ class Node:
     terminal: bool = False
     reward: float = 0.0
     rollout: str = ""
+    ids: tuple[int, ...] = ()  # token ids from the prompt's start (the search's; the tree ignores them)
     parent: Node | None = field(default=None, repr=False)
     children: list[Node] = field(default_factory=list, repr=False)
     visits: int = 0
