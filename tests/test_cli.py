@@ -33,7 +33,7 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", [[], ["eval"], ["generate"], ["compare"], ["ui"], ["profile"],
+@pytest.mark.parametrize("command", [[], ["eval"], ["generate"], ["search"], ["compare"], ["ui"], ["profile"],
                                      ["params"]])
 def test_help_everywhere(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
@@ -366,3 +366,27 @@ def test_params_documents_every_key_with_its_value(tmp_path: Path) -> None:
     assert all(row[3] for row in rows.values())  # every key has its help
     bad = runner.invoke(app, ["params", "rl.bogus", "--params", str(smoke)])
     assert bad.exit_code == 2 and "no params key starts with 'rl.bogus'" in bad.output
+
+
+# --------------------------------------------------------------------------------------------- search
+
+
+def test_search_prints_the_tree_and_the_budget(assets: dict, tmp_path: Path) -> None:
+    from cola.model.checkpoint import load_model_and_tokenizer
+    from cola.search.qnetwork import QNetwork
+
+    model, _, _ = load_model_and_tokenizer(assets["root"] / "cola")
+    QNetwork.from_base(model.base, model.config.num_actions).save_pretrained(tmp_path / "qnet")
+    args = ["search", str(assets["root"] / "cola"), "Q: Calculate 1 + 1. A:", "--q", str(tmp_path / "qnet"),
+            "--rounds", "3", "--root-children", "2", "--rollout-tokens", "4", "--max-depth", "4",
+            "--chunk-tokens", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "actions [" in result.stdout and "answer (q_only):" in result.stdout
+    assert result.stdout.count("N=") == 4  # the root and one new node per round
+    assert "model passes" in result.stderr
+    oracle = runner.invoke(app, [*args, "--answer", "2"])
+    assert oracle.exit_code == 0 and "answer (oracle):" in oracle.stdout
+    assert "no Q-network folder" in _one_line_error(runner.invoke(app, [*args[:3], "--q", str(tmp_path)]))
+    base = ["search", str(assets["root"] / "base"), "x", "--q", str(tmp_path / "qnet")]
+    assert "needs a CoLA model" in _one_line_error(runner.invoke(app, base))
