@@ -126,13 +126,13 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     the report."""
     root, env = project
     run(["dvc", "repro"], root, env)
-    stages = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft", "rl_eval", "report")
+    stages = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft", "rl_eval", "report", "qlearn")
     stage_metrics = [f"{stage}.json" for stage in stages]
     stage_metrics += [f"rl/{run_}.json" for run_ in RL_RUNS]
     for name in stage_metrics:
         metrics = json.loads((root / "metrics" / name).read_text())
         assert metrics["wall_clock_seconds"] > 0, name
-    for name in ("bc", "fta", "sft", *[f"rl/{r}" for r in RL_RUNS]):
+    for name in ("bc", "fta", "sft", "qnet", *[f"rl/{r}" for r in RL_RUNS]):
         assert (root / "models" / name / "config.json").is_file(), name
     rl = json.loads((root / "metrics" / "rl" / "cola-math.json").read_text())
     assert rl["steps"] == 4 and {"reward_start", "reward_end", "kl", "entropy", "seconds_per_step"} <= set(rl)
@@ -159,7 +159,7 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "full run"], root, env)
     exp = run(["dvc", "exp", "run", "-S", "rl.lr=1e-6"], root, env)
-    assert ran_stages(exp.stdout) == {*[f"rl@{r}" for r in RL_RUNS], "rl_eval", "report"}, exp.stdout
+    assert ran_stages(exp.stdout) == {*[f"rl@{r}" for r in RL_RUNS], "rl_eval", "report", "qlearn"}, exp.stdout
     reused = json.loads((root / "metrics" / "rl_eval.json").read_text())
     assert {m for m in MODELS if reused[f"{m}/reused"]} == {"base", "sft", "bc", "fta"}
     client, _, runs = mlflow_runs(env, "rl@token-math")

@@ -74,3 +74,28 @@ def test_the_target_network_moves_only_at_its_sync() -> None:
     trainer.train(steps=1)  # step 4 syncs first, then updates the online network once more
     assert not torch.equal(trainer.target.q_head.weight, trainer.model.q_head.weight)
     assert torch.count_nonzero(trainer.target.q_head.weight) > 0
+
+
+def test_the_qlearn_stage_trains_saves_and_measures_calibration(tmp_path) -> None:
+    """run_qlearn on a saved tiny CoLA model with train and val arith splits: a loadable Q-network folder,
+    the TD-loss curve, and held-out calibration before and after."""
+    import shutil
+
+    from cola.search.qlearn import run_qlearn
+    from cola.search.qnetwork import load_qnetwork
+    from tests.test_harness import build_assets
+
+    assets = build_assets(tmp_path / "assets")
+    tasks = assets["root"] / "data" / "tasks"
+    for split in ("train", "val"):
+        shutil.copytree(tasks / "test", tasks / split)
+    cfg = QLearnConfig(samples_per_prompt=2, n_prompts=4, heldout_prompts=2, batch_size=4, steps=4,
+                       warmup_steps=1, log_every=2, checkpoint_every=100, max_new_tokens=4, target_sync=2)
+    result = run_qlearn(cfg, tasks_dir=tasks, policy_dir=assets["root"] / "cola", out_dir=tmp_path / "qnet")
+    metrics = result.metrics
+    assert metrics["rollouts"] == 8 and 0 <= metrics["train_success_rate"] <= 1
+    wanted = {"heldout_q_first_mean_before", "heldout_q_first_mean", "heldout_return_mean", "td_loss"}
+    assert wanted <= set(metrics)
+    assert metrics["heldout_q_first_mean_before"] == 0.0  # the zero head: no opinion before training
+    assert [r["step"] for r in result.records["loss"]] == [2, 4] and result.models == [tmp_path / "qnet"]
+    assert load_qnetwork(tmp_path / "qnet").config.num_actions == 8

@@ -26,6 +26,7 @@ class QLearnConfig(OptimConfig):
     target_sync: int = param(50, "Copy the online network into the target network every N steps (the "
                                  "paper: every 50 micro-steps).", min=1)
     action_top_k: int = param(40, "Top-k of the policy's action sampling in the rollouts.", min=1)
+    max_new_tokens: int = param(12, "Longest rollout (tokens = actions; the math RL budget).", min=1)
     seed: int = param(0, "Seed of the rollouts and the minibatches.")
     steps: int = override(OptimConfig, "steps", 200)
     lr: float = override(OptimConfig, "lr", 1e-4)

@@ -9,18 +9,27 @@ Q-network reads the state of response action t at position P − 1 + t of prompt
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from cola import plots
+from cola.comparison import RL_TASKS
 from cola.config.search import QLearnConfig
+from cola.errors import ColaError
+from cola.io import file_digest, fingerprint
+from cola.model.checkpoint import load_model_and_tokenizer, save_hf_folder
+from cola.results import StageResult
 from cola.rl.policies import LatentActionPolicy
 from cola.search.qlearning import double_dqn_targets, td_loss
 from cola.search.qnetwork import QNetwork
+from cola.tasks import TASKS
 from cola.tasks.base import Example, Task
-from cola.train.core import Trainer
+from cola.train.core import LogFn, Trainer
+from cola.train.sft_data import load_task_examples
 
 
 @dataclass
@@ -129,3 +138,36 @@ def calibration(qnet: QNetwork, rollouts: list[RecordedRollout], pad_id: int,
     returns = rewards * gamma ** (lengths - 1).float()
     return {"q_first_mean": first.mean().item(), "success_rate": rewards.mean().item(),
             "return_mean": returns.mean().item(), "q_first_mse": ((first - returns) ** 2).mean().item()}
+
+
+def run_qlearn(cfg: QLearnConfig, *, tasks_dir: Path, policy_dir: Path, out_dir: Path,
+               checkpoint_dir: Path | None = None, on_log: LogFn | None = None) -> StageResult:
+    """The `qlearn` stage: roll out the CoLA RL policy of `policy_dir` on the first ``n_prompts`` arith
+    training problems (``samples_per_prompt`` each, scored by the task), train a Q-network on a copy of its
+    base by double DQN, and measure its calibration on rollouts of held-out validation problems before and
+    after. Saves the Q-network (with the tokenizer) to `out_dir`."""
+    model, tokenizer, kind = load_model_and_tokenizer(policy_dir)
+    if kind != "cola":
+        raise ColaError(f"{policy_dir}: the Q-network learns from a CoLA policy, found a plain LM")
+    split = RL_TASKS["math"]
+    task = TASKS[split]
+    train = load_task_examples(tasks_dir, "train", [split])[: cfg.n_prompts]
+    heldout = load_task_examples(tasks_dir, "val", [split])[: cfg.heldout_prompts]
+    policy = LatentActionPolicy(model, tokenizer, top_k=cfg.action_top_k)
+    rollouts = collect_rollouts(policy, task, train, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.seed)
+    held = collect_rollouts(policy, task, heldout, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.seed + 1)
+    pad = tokenizer.pad_token_id
+    qnet = QNetwork.from_base(model.base, model.config.num_actions)
+    before = calibration(qnet, held, pad, cfg.gamma)
+    trainer = QTrainer(qnet, cfg, rollouts, pad, checkpoint_dir=checkpoint_dir, on_log=on_log,
+                       fingerprint=fingerprint(asdict(cfg), file_digest(policy_dir), len(rollouts)),
+                       description="qlearn")
+    last = trainer.train()
+    after = calibration(qnet, held, pad, cfg.gamma)
+    save_hf_folder(qnet.eval(), tokenizer, out_dir)
+    metrics = {**last, "rollouts": len(rollouts), "train_success_rate": sum(r.reward for r in rollouts)
+               / len(rollouts), **{f"heldout_{k}_before": v for k, v in before.items()},
+               **{f"heldout_{k}": v for k, v in after.items()}}
+    history = trainer.history
+    return StageResult(metrics, {"loss": plots.curves(history, ["td_loss"], "Q-network: TD loss")},
+                       records={"loss": plots.curve_records(history, ["td_loss"])}, models=[out_dir])
