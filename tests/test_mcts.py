@@ -64,3 +64,22 @@ def test_q_only_needs_no_gold_answer_and_is_deterministic(setup) -> None:
     again = LatentSearch(model, tokenizer, qnet, cfg).run(PROMPT)
     assert first.answer == again.answer and first.model_passes == again.model_passes
     assert all(n.reward not in (0.0, 1.0) for n in nodes(first.root))  # Q-network values, not 0/1 scores
+
+
+def test_search_and_best_of_n_at_its_budget(setup) -> None:
+    from cola.search.evaluate import best_of_n_at_budget, search_accuracy
+    from tests.test_grpo import ToyTask
+
+    model, tokenizer, qnet = setup
+    examples = [{"prompt": p, "answer": TARGET} for p in ("a b c", "d e", "f g h i")]
+    cfg = SearchConfig(rounds=4, root_children=2, children=2, max_depth=4, chunk_tokens=2, rollout_tokens=3)
+    searched = search_accuracy(model, tokenizer, qnet, ToyTask(), examples, cfg, "oracle")
+    assert 0 <= searched["accuracy"] <= 1 and searched["model_passes"] > 0 and searched["nodes"] >= 1
+    sampled = best_of_n_at_budget(model, tokenizer, "cola", ToyTask(), examples, searched["model_passes"],
+                                  max_new_tokens=3, seed=0)
+    # n samples of at most 3 tokens within the search's passes: the spent budget cannot exceed n × 3 and the
+    # chosen n is the largest whose expected cost fits.
+    assert sampled["n"] >= 1 and sampled["model_passes"] <= sampled["n"] * 3
+    assert sampled["oracle"] >= sampled["sample_accuracy"] and 0 <= sampled["majority_vote"] <= 1
+    with pytest.raises(ValueError, match="unknown search mode"):
+        search_accuracy(model, tokenizer, qnet, ToyTask(), examples, cfg, "greedy")
