@@ -8,7 +8,8 @@ does, on a free port), and headless Chromium (Debian `chromium`) photographs:
 
 - ``mlflow_runs.png``: the experiment's runs, each pipeline execution with its stage runs nested under it;
 - ``mlflow_compare.png``: the two newest pipeline executions compared (the param that changed, its effect);
-- ``dvc_plots_diff.png``: `dvc plots diff` of the workspace against HEAD, rendered from the offline template.
+- ``dvc_plots_diff.png``: `dvc plots diff` of the workspace against HEAD (or of ``--revs``), rendered from the
+  offline template.
 
 Nothing here needs the network: the MLflow UI is served locally and the plots page carries Vega inline.
 """
@@ -32,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PLOT_TARGETS = ("plots/rl/cola-math.json", "plots/base_loss.json", "plots/latent_loss.json")
+PLOT_TARGETS = ("plots/rl/cola-math.json", "plots/latent_loss.json", "plots/evaluate_accuracy.json")
 
 
 # What to click before a picture, each a JavaScript expression for one element (clicked as a person would, by
@@ -176,6 +177,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, required=True, help="a project after repro + one exp run")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots", help="where the PNGs go")
+    parser.add_argument("--revs", nargs="+", default=["HEAD"],
+                        help="revisions for `dvc plots diff` (default: HEAD against the workspace; give two, "
+                             "e.g. HEAD and an experiment's name, to compare those)")
     args = parser.parse_args()
     project, out = args.project.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +197,7 @@ def main() -> None:
                                       [CLOSE_ASSISTANT, *DIFF_ONLY], height=1000))
         with tempfile.TemporaryDirectory() as html:
             targets = [t for t in PLOT_TARGETS if (project / t).is_file()]
-            subprocess.run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "--targets", *targets,
+            subprocess.run([sys.executable, "-m", "dvc", "plots", "diff", *args.revs, "--targets", *targets,
                             "-o", html], cwd=project, check=True, capture_output=True)
             asyncio.run(browser.shoot(Path(html, "index.html").as_uri(), out / "dvc_plots_diff.png", [],
                                       height=1100, settle=5))
