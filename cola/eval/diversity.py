@@ -92,7 +92,9 @@ def _load(embedder: str = DEFAULT_EMBEDDER) -> tuple:
 
     folder = embedder_dir(embedder)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
+    # safetensors only, as every model the project loads (a pickle-only embedder is refused)
+    model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                      dtype=torch.float32).eval()
     return tokenizer, model, _pooling(folder), _max_length(folder)
 
 
