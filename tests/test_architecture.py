@@ -259,6 +259,17 @@ def dvc_stages() -> dict[str, dict]:
     return stages
 
 
+def test_persistent_outputs_are_cached():
+    """A `persist: true` output (the checkpoints) must be in DVC's cache: `dvc exp run --queue/--temp` runs in
+    a copy of the commit, where an uncached, git-ignored output is missing, so DVC re-runs its stage (and
+    everything after it) instead of checking the stage's outputs out of the cache."""
+    for name, spec in dvc_stages().items():
+        for out in spec.get("outs", []):
+            if isinstance(out, dict):
+                path, options = next(iter(out.items()))
+                assert not (options.get("persist") and options.get("cache") is False), f"{name}: {path}"
+
+
 def _resolve(value: str) -> str:
     """A dvc.yaml value with its ``${section.key}`` references to params.yaml filled in, as DVC does."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
