@@ -222,6 +222,7 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     page = (html / "index.html").read_text()
     assert "cdn." not in page and "https://" not in page.split("<script")[0]
     assert "HEAD" in page and "workspace" in page
+    assert "reward_mean" in page and "lm_loss" in page  # both plots rendered (a failed one leaves no spec)
 
 
 def upstream(stages: dict, name: str) -> set[str]:

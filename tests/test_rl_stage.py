@@ -170,3 +170,15 @@ def test_evaluate_folder_scores_every_seed_and_reuses_an_unchanged_result(tmp_pa
     assert reused and again == summary
     _, reused = go(dataclasses.replace(cfg, limit=3))
     assert not reused
+
+
+def test_curve_records_keep_only_the_fields_every_row_has() -> None:
+    """DVC's plot renderer fails on a row that lacks a field; the validation accuracy is logged every
+    `rl.val_every` steps only, so it stays out of the plot file."""
+    from cola.rl.stage import curve_records
+
+    histories = {0: [(10, {"reward_mean": 0.5, "kl": 0.1}), (20, {"reward_mean": 0.6, "kl": 0.2,
+                                                                   "val_greedy_acc": 0.3})]}
+    assert curve_records(histories) == [{"step": 10, "seed": 0, "reward_mean": 0.5, "kl": 0.1},
+                                        {"step": 20, "seed": 0, "reward_mean": 0.6, "kl": 0.2}]
+    assert curve_records({}) == []

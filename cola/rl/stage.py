@@ -107,9 +107,15 @@ def run_rl(cfg: RLConfig, method: str, task: str, *, tasks_dir: Path, start_dir:
 
 
 def curve_records(histories: dict[int, History]) -> list[dict[str, float]]:
-    """Every seed's logged curve as flat records ``{step, seed, reward_mean, kl, ...}`` (a DVC plots file)."""
-    return [{"step": step, "seed": seed, **stats} for seed, history in histories.items()
-            for step, stats in history]
+    """Every seed's logged curve as flat records ``{step, seed, reward_mean, kl, ...}`` (a DVC plots file).
+
+    Only the keys every record has: DVC's renderer fails on rows that lack a field ("argument of type
+    'NoneType' is not iterable"), and the validation accuracy is measured every `rl.val_every` steps only
+    (it stays in MLflow's curves and the metrics)."""
+    records = [{"step": step, "seed": seed, **stats} for seed, history in histories.items()
+               for step, stats in history]
+    common = set.intersection(*(set(r) for r in records)) if records else set()
+    return [{k: v for k, v in r.items() if k in common} for r in records]
 
 
 def plot_curves(histories: dict[int, History], title: str):

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PLOT_TARGETS = ("plots/rl/cola-math.json", "plots/latent_loss.json", "plots/evaluate_accuracy.json")
+PLOT_TARGETS = ("plots/rl/cola-math.json",)
 
 
 # What to click before a picture, each a JavaScript expression for one element (clicked as a person would, by
@@ -200,7 +200,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "dvc", "plots", "diff", *args.revs, "--targets", *targets,
                             "-o", html], cwd=project, check=True, capture_output=True)
             asyncio.run(browser.shoot(Path(html, "index.html").as_uri(), out / "dvc_plots_diff.png", [],
-                                      height=1100, settle=5))
+                                      width=700, height=420, settle=5))
     finally:
         browser.close()
 
