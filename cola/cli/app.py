@@ -74,10 +74,10 @@ def _model_folder(address: str, out_path: Path | None = None) -> Path:
     """The local folder of a model argument, checked before torch loads: a folder as given, or a
     ``models:/NAME/VERSION`` / ``runs:/RUN_ID/model`` address fetched from MLflow (no torch either). The
     checkpoint loader checks the folder's contents."""
-    from cola.tracking.models import is_model_uri, resolve_model
+    from cola.tracking.models import resolve_model
 
     _check_out(out_path)  # before any download
-    model = resolve_model(address) if is_model_uri(address) else Path(address)
+    model = resolve_model(address)
     if not model.is_dir():
         raise CliError(f"{model}: no such model folder" if not model.exists() else f"{model}: not a folder")
     if not (model / "config.json").is_file():

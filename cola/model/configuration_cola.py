@@ -20,7 +20,25 @@ from cola.config import CoLAArchitecture, from_dict
 ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(CoLAArchitecture))
 
 
-class CoLAConfig(PretrainedConfig):
+class WrapsBaseConfig(PretrainedConfig):
+    """A config around a base causal LM's own config (`base_config`), which config.json keeps nested."""
+
+    @staticmethod
+    def as_base_config(value: PretrainedConfig | dict[str, Any] | None) -> PretrainedConfig | None:
+        """The base's config from a config or its saved dict (with `model_type`)."""
+        if isinstance(value, dict):
+            value = dict(value)
+            return AutoConfig.for_model(value.pop("model_type"), **value)
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        if isinstance(self.base_config, PretrainedConfig):
+            output["base_config"] = self.base_config.to_dict()
+        return output
+
+
+class CoLAConfig(WrapsBaseConfig):
     """The latent-action modules' sizes (`cola.config.CoLAArchitecture`) plus the wrapped base's own config.
 
     Args:
@@ -39,10 +57,7 @@ class CoLAConfig(PretrainedConfig):
         init_std: float | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(base_config, dict):
-            base_config = dict(base_config)
-            base_config = AutoConfig.for_model(base_config.pop("model_type"), **base_config)
-        self.base_config = base_config
+        self.base_config = self.as_base_config(base_config)
         given = {name: kwargs.pop(name) for name in ARCHITECTURE_FIELDS if name in kwargs}
         if given.get("merge_intermediate_size") is None:  # configs saved before 0 meant "the base's width"
             given.pop("merge_intermediate_size", None)
@@ -73,9 +88,3 @@ class CoLAConfig(PretrainedConfig):
     @property
     def merge_width(self) -> int:
         return self.merge_intermediate_size or self.base_config.intermediate_size
-
-    def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        if isinstance(self.base_config, PretrainedConfig):
-            output["base_config"] = self.base_config.to_dict()
-        return output

@@ -67,6 +67,7 @@ class LatentSearch:
         self.eos = tokenizer.eos_token_id
         self.model_passes = self.q_passes = 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._q_values: dict[tuple[int, ...], torch.Tensor] = {}
         self._tried: dict[int, set[int]] = {}
 
     # ------------------------------------------------------------------------------------- model calls
@@ -83,8 +84,13 @@ class LatentSearch:
         return self._cache[id(node)]
 
     def _q(self, ids: list[int] | tuple[int, ...]) -> torch.Tensor:
-        self.q_passes += 1
-        return self.qnet(torch.tensor([list(ids)]))[0, -1]
+        """Q(s, ·) of the state after `ids`, computed once per state: the v′ of an expansion is also the Q of
+        the child it makes (when the child is not chunked), read again when that child is expanded."""
+        key = tuple(ids)
+        if key not in self._q_values:
+            self.q_passes += 1
+            self._q_values[key] = self.qnet(torch.tensor([list(key)]))[0, -1]
+        return self._q_values[key]
 
     def _decode(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], list[int], list[float]]:
         """Greedy actions and greedy tokens from `ids`: (tokens, actions, action probabilities)."""

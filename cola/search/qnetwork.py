@@ -14,29 +14,21 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from cola.model.configuration_cola import WrapsBaseConfig
 from cola.model.inputs import left_padded_positions
 
 
-class QNetworkConfig(PretrainedConfig):
+class QNetworkConfig(WrapsBaseConfig):
     """The base's config (a `PretrainedConfig` or its dict with `model_type`) and the number of actions K."""
 
     model_type = "cola_qnet"
 
     def __init__(self, base_config: PretrainedConfig | dict[str, Any] | None = None, num_actions: int = 64,
                  **kwargs: Any) -> None:
-        if isinstance(base_config, dict):
-            base_config = dict(base_config)
-            base_config = AutoConfig.for_model(base_config.pop("model_type"), **base_config)
-        self.base_config, self.num_actions = base_config, num_actions
+        self.base_config, self.num_actions = self.as_base_config(base_config), num_actions
         super().__init__(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        if isinstance(self.base_config, PretrainedConfig):
-            output["base_config"] = self.base_config.to_dict()
-        return output
 
 
 class QNetwork(PreTrainedModel):

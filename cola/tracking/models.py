@@ -44,6 +44,7 @@ def dvc_md5(path: Path) -> str:
 
 
 def folder_bytes(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (0 for a path that is not there)."""
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -93,8 +94,9 @@ def log_model(client: Any, run_id: str, stage: str, path: str, attach_up_to_mb: 
         uri = tags["model.registered"] = register(client, registry_name, run_id,
                                                   {"stage": stage, "md5": ref["md5"]})
         print(f"MLflow: {path} registered as {uri}", flush=True)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
 def is_model_uri(address: str) -> bool:

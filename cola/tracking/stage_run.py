@@ -19,6 +19,7 @@ from cola.tracking.headline import is_headline
 from cola.tracking.identity import PARENT_TAG, RUN_TYPE_TAG, _pipeline_identity, dvc_exp_name, git_commit
 from cola.tracking.location import _artifact_location, experiment_name, outbox_dir, tracking_uri
 from cola.tracking.metrics_file import _number, write_metrics_json
+from cola.tracking.models import folder_bytes, log_model
 
 # MLflow limits (mlflow/utils/validation.py): per log_batch call, and the longest param value.
 _MAX_PARAMS_PER_BATCH, _MAX_METRICS_PER_BATCH, _MAX_PARAM_LEN = 100, 1000, 6000
@@ -289,26 +290,19 @@ class StageRun:
         self._call(lambda: self.client.log_dict(self.run_id, data, artifact_file))
 
     def log_output(self, path: str | Path, name: str | None = None) -> None:
-        """Record a DVC output (e.g. model weights) by pointer: path and size as tags, no copy."""
+        """Record a DVC output that is not a model (the data folder) by pointer: path and size as tags."""
         path = Path(path)
-        files = (
-            [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path] if path.exists() else []
-        )
         label = _clean_key(name or path.name)
-        self.set_tags(
-            {f"output.{label}.path": str(path), f"output.{label}.bytes": sum(f.stat().st_size for f in files)}
-        )
+        self.set_tags({f"output.{label}.path": str(path), f"output.{label}.bytes": folder_bytes(path)})
 
     def log_model(self, path: str | Path, *, attach_up_to_mb: float,
                   registry_name: str | None = None) -> None:
         """A model folder on the run: its files under ``model/`` up to `attach_up_to_mb` MiB, else a
         reference to the DVC output; with `registry_name`, a new version of that registered model
         (`cola.tracking.models.log_model`). Kept for `cola track sync` if MLflow is down."""
-        from cola.tracking import models
-
         request = {"path": str(path), "attach_up_to_mb": attach_up_to_mb, "registry_name": registry_name}
         self._models.append(request)
-        self._call(lambda: models.log_model(self.client, self.run_id, self.stage, **request))
+        self._call(lambda: log_model(self.client, self.run_id, self.stage, **request))
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Merge final headline metrics (flat keys, numbers): written to ``metrics_path`` and logged on
