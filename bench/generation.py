@@ -14,15 +14,16 @@ Run: `python bench/generation.py [--quick] [--out bench/results/generation.json]
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from shapes import SIZES  # bench/ is the script's directory, so first on sys.path
+from results_io import (  # bench/ is the script's directory, so first on sys.path
+    parse_bench_args,
+    write_result,
+)
+from shapes import SIZES
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from cola.config import load_stage_config
@@ -90,13 +91,7 @@ def bench_size(name: str, batch: int, new_tokens: int, prompt_len: int, repeats:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke run)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/generation.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(__doc__, "generation", "fewer tokens and repeats (a smoke run)")
     new_tokens, repeats = (16, 2) if args.quick else (64, 5)
     rows = [bench_size(name, batch, new_tokens, prompt_len=16, repeats=repeats)
             for name in SIZES for batch in (1, 16)]
@@ -106,11 +101,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['size']:<12}{r['batch']:>6}{r['base_tok_s']:>12.0f}{r['cola_tok_s']:>12.0f}"
               f"{r['speed_ratio']:>8.2f}{r['flop_ideal']:>8.2f}{r['efficiency']:>7.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-               "processor": platform.processor(), "torch": torch.__version__}
-    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -61,3 +61,23 @@ def bars(values: dict[str, float], title: str, ylabel: str = "", errors: dict[st
     ax.tick_params(axis="x", labelrotation=60)
     fig.tight_layout()
     return fig
+
+
+def accuracy_vs_budget(points: list[dict], title: str):
+    """Accuracy against forward passes per problem, one line per action space and method (``space``,
+    ``method``, ``passes``, ``accuracy`` keys): search and best-of-n at the same budgets side by side."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    series: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for p in points:
+        series.setdefault((p["space"], p["method"]), []).append((p["passes"], p["accuracy"]))
+    for (space, method), xy in series.items():
+        ax.plot(*zip(*sorted(xy), strict=True), marker="o", label=f"{space} {method.replace('_', ' ')}",
+                linestyle="-" if space == "cola" else "--")
+    ax.set_xscale("log")
+    ax.set_xlabel("forward passes per problem")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

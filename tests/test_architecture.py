@@ -245,18 +245,9 @@ def test_the_model_config_takes_its_architecture_from_the_params():
 
 def dvc_stages() -> dict[str, dict]:
     """dvc.yaml's stages with foreach entries expanded (``rl@cola-math``, ...)."""
-    raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    stages = {}
-    for name, spec in raw.items():
-        if "foreach" not in spec:
-            stages[name] = spec
-            continue
-        for key, item in spec["foreach"].items():
-            text = yaml.safe_dump(spec["do"]).replace("${key}", key)
-            for field_name, value in item.items():
-                text = text.replace("${item." + field_name + "}", _resolve(value))
-            stages[f"{name}@{key}"] = yaml.safe_load(text)
-    return stages
+    from cola.tracking.experiment import expanded_stages
+
+    return expanded_stages(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"], resolve=_resolve)
 
 
 def test_persistent_outputs_are_cached():

@@ -389,4 +389,20 @@ def test_search_prints_the_tree_and_the_budget(assets: dict, tmp_path: Path) -> 
     assert oracle.exit_code == 0 and "answer (oracle):" in oracle.stdout
     assert "no Q-network folder" in _one_line_error(runner.invoke(app, [*args[:3], "--q", str(tmp_path)]))
     base = ["search", str(assets["root"] / "base"), "x", "--q", str(tmp_path / "qnet")]
-    assert "needs a CoLA model" in _one_line_error(runner.invoke(app, base))
+    assert "the Q-network scores 8 actions, the model has" in _one_line_error(runner.invoke(app, base))
+    wide = [*args, "--root-children", "9"]
+    assert "root_children = 9: more children than the 8 actions" in _one_line_error(runner.invoke(app, wide))
+    assert result.exit_code == 0 and runner.invoke(app, [*args, "--rounds", "0"]).exit_code == 2
+
+
+def test_search_over_tokens_with_a_token_q_network(assets: dict, tmp_path: Path) -> None:
+    """The token baseline's search: a plain LM and a Q-network with one output per vocabulary entry."""
+    from cola.model.checkpoint import load_model_and_tokenizer
+    from cola.search.qnetwork import QNetwork
+
+    model, _, _ = load_model_and_tokenizer(assets["root"] / "base")
+    QNetwork.from_base(model, model.config.vocab_size).save_pretrained(tmp_path / "token_qnet")
+    result = runner.invoke(app, ["search", str(assets["root"] / "base"), "Q: Calculate 1 + 1. A:", "--q",
+                                 str(tmp_path / "token_qnet"), "--rounds", "2", "--rollout-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("N=") == 3 and "answer (q_only):" in result.stdout

@@ -125,3 +125,16 @@ def test_num_samples_encodes_each_prompt_once_and_matches_repeated_prompts(cola_
     uncached = cola_model.generate_latent(ids, mask, num_samples=3, use_cache=False,
                                           generator=torch.Generator().manual_seed(7), **options)
     assert torch.equal(uncached.sequences, grouped.sequences)
+
+
+def test_decoding_from_a_prefixs_caches_matches_decoding_from_scratch(cola_model):
+    """The search's nodes pass the KV caches of a prefix: only the rest of the ids is run."""
+    ids = torch.tensor([[1, 5, 7, 9, 4]])
+    full = cola_model.generate_latent(ids, max_new_tokens=6, action_mode="greedy")
+    prefix = cola_model.generate_latent(ids[:, :3], max_new_tokens=1, action_mode="greedy")  # caches of 3 ids
+    assert [cache.get_seq_length() for cache in prefix.caches] == [3, 3]
+    warm = cola_model.generate_latent(ids, max_new_tokens=6, action_mode="greedy", caches=prefix.caches)
+    assert torch.equal(warm.sequences, full.sequences) and torch.equal(warm.actions, full.actions)
+    length = warm.sequences.shape[1] - 1  # extended in place: they now cover all but the last token
+    with pytest.raises(ValueError, match=f"the caches cover {length} tokens"):
+        cola_model.generate_latent(ids, max_new_tokens=1, caches=warm.caches)

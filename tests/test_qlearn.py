@@ -3,9 +3,11 @@ which first action pays (through the shared training core)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cola.config.search import QLearnConfig
+from cola.errors import ColaError
 from cola.rl.policies import LatentActionPolicy
 from cola.search.qlearn import QTrainer, RecordedRollout, calibration, collate, collect_rollouts
 from cola.search.qnetwork import QNetwork
@@ -90,8 +92,9 @@ def test_the_qlearn_stage_trains_saves_and_measures_calibration(tmp_path) -> Non
     for split in ("train", "val"):
         shutil.copytree(tasks / "test", tasks / split)
     cfg = QLearnConfig(samples_per_prompt=2, n_prompts=4, heldout_prompts=2, batch_size=4, steps=4,
-                       warmup_steps=1, log_every=2, checkpoint_every=100, max_new_tokens=4, target_sync=2)
-    result = run_qlearn(cfg, tasks_dir=tasks, policy_dir=assets["root"] / "cola", out_dir=tmp_path / "qnet")
+                       warmup_steps=1, log_every=2, checkpoint_every=100, target_sync=2)
+    result = run_qlearn(cfg, tasks_dir=tasks, policy_dir=assets["root"] / "cola", rl_task="math",
+                        max_new_tokens=4, out_dir=tmp_path / "qnet")
     metrics = result.metrics
     assert metrics["rollouts"] == 8 and 0 <= metrics["train_success_rate"] <= 1
     wanted = {"heldout_q_first_mean_before", "heldout_q_first_mean", "heldout_return_mean", "td_loss"}
@@ -99,3 +102,11 @@ def test_the_qlearn_stage_trains_saves_and_measures_calibration(tmp_path) -> Non
     assert metrics["heldout_q_first_mean_before"] == 0.0  # the zero head: no opinion before training
     assert [r["step"] for r in result.records["loss"]] == [2, 4] and result.models == [tmp_path / "qnet"]
     assert load_qnetwork(tmp_path / "qnet").config.num_actions == 8
+    token = run_qlearn(cfg, tasks_dir=tasks, policy_dir=assets["root"] / "base", rl_task="math",
+                       max_new_tokens=4, out_dir=tmp_path / "token_qnet")  # the token baseline's Q-head
+    token_qnet = load_qnetwork(tmp_path / "token_qnet")
+    assert token.metrics["rollouts"] == 8
+    assert token_qnet.config.num_actions == token_qnet.config.base_config.vocab_size
+    with pytest.raises(ColaError, match="unknown RL task 'chess'"):
+        run_qlearn(cfg, tasks_dir=tasks, policy_dir=assets["root"] / "base", rl_task="chess",
+                   max_new_tokens=4, out_dir=tmp_path / "bad")

@@ -15,13 +15,14 @@ from cola.errors import user_errors
 def _label(node, tokenizer, parent_len: int) -> str:
     chunk = tokenizer.decode(list(node.ids[parent_len:]), skip_special_tokens=True)
     flags = " [terminal]" if node.terminal else ""
-    return (f"actions {list(node.actions)} {chunk!r}  N={node.visits} V={node.value:.3f} R={node.reward:.3f} "
+    shown = ", ".join(map(str, node.actions[:6])) + (", …" if len(node.actions) > 6 else "")
+    return (f"actions [{shown}] {chunk!r}  N={node.visits} V={node.value:.3f} R={node.reward:.3f} "
             f"π̄={node.prior:.2f}{flags}")
 
 
 @app.command()
 def search(
-    model: Annotated[str, typer.Argument(help="A CoLA model folder (or models:/NAME/VERSION).",
+    model: Annotated[str, typer.Argument(help="A CoLA model or plain LM folder (or models:/NAME/VERSION).",
                                          show_default=False)],
     prompt: Annotated[str, typer.Argument(help='Prompt text, e.g. "Q: Calculate 3 + 4. A:".',
                                           show_default=False)],
@@ -39,23 +40,21 @@ def search(
         help="The gold answer: rollouts are scored by the math grader against it (oracle); without it the "
              "Q-network's values score them (q_only).")] = None,
 ) -> None:
-    """Run MCTS-Q over latent actions on PROMPT and print the tree: each node's actions, chunk text, visits,
+    """Run MCTS-Q on PROMPT (over latent actions for a CoLA model, over tokens for a plain LM with a token
+    Q-network) and print the tree: each node's actions, chunk text, visits,
     value, rollout reward and mean action probability; then the answer and the budget spent."""
     with user_errors():
         folder = _model_folder(model)
         if not (q / "config.json").is_file():
             raise CliError(f"--q {q}: no Q-network folder (config.json missing)")
         loaded, tokenizer, kind = _load(folder, None)
-        if kind != "cola":
-            raise CliError(f"{model}: search needs a CoLA model, found a plain base")
-        from cola.search.mcts import LatentSearch, SearchConfig
+        from cola.config.search import SearchConfig
+        from cola.search.mcts import Search, action_space
         from cola.search.qnetwork import load_qnetwork
         from cola.tasks import TASKS
 
         qnet = load_qnetwork(q)
-        if qnet.config.num_actions != loaded.config.num_actions:
-            raise CliError(f"--q {q}: {qnet.config.num_actions} actions, the model has "
-                           f"{loaded.config.num_actions}")
+        space = action_space(loaded, tokenizer, kind)
         reward = None
         if answer is not None:
             task = TASKS["arith"]
@@ -63,7 +62,7 @@ def search(
         cfg = SearchConfig(rounds=rounds, root_children=root_children, children=children, max_depth=max_depth,
                            chunk_tokens=chunk_tokens, td_threshold=td_threshold, c_puct=c_puct,
                            rollout_tokens=rollout_tokens)
-        result = LatentSearch(loaded, tokenizer, qnet, cfg, reward).run(prompt)
+        result = Search(space, tokenizer, qnet, cfg, reward).run(prompt)
         root = result.root
         tree = Tree(f"{prompt!r}  N={root.visits} V={root.value:.3f} R={root.reward:.3f}")
 

@@ -21,7 +21,7 @@ from cola.config.describe import flatten, help_table, missing_help
 from cola.config.evaluation import EvalConfig, EvaluateConfig, ReportConfig, RLEvalConfig
 from cola.config.fields import override, param
 from cola.config.rl import RLConfig, RLTaskConfig, RLTasks
-from cola.config.search import QLearnConfig
+from cola.config.search import MctsConfig, QLearnConfig, SearchConfig
 from cola.config.tracking import TrackingConfig
 from cola.config.training import (
     BaseConfig,
@@ -40,11 +40,11 @@ from cola.errors import ParamsError
 
 __all__ = [
     "BCConfig", "BaseConfig", "CoLAArchitecture", "EvalConfig", "EvaluateConfig", "FTAConfig",
-    "LatentConfig", "OptimConfig", "ParamsError", "PipelineParams", "PrepareConfig", "QLearnConfig",
-    "RLConfig", "RLEvalConfig", "RLTaskConfig", "RLTasks", "ReportConfig", "RuntimeConfig", "SFTConfig",
-    "TinyBaseConfig", "TrackingConfig", "TrainConfig", "flatten", "from_dict", "help_table", "load_params",
-    "load_pipeline_params", "load_section", "load_stage_config", "missing_help", "override", "param",
-    "params_path",
+    "LatentConfig", "MctsConfig", "OptimConfig", "ParamsError", "PipelineParams", "PrepareConfig",
+    "QLearnConfig", "RLConfig", "RLEvalConfig", "RLTaskConfig", "RLTasks", "ReportConfig", "RuntimeConfig",
+    "SFTConfig", "SearchConfig", "TinyBaseConfig", "TrackingConfig", "TrainConfig", "flatten", "from_dict",
+    "help_table", "load_params", "load_pipeline_params", "load_section", "load_stage_config", "missing_help",
+    "override", "param", "params_path",
 ]
 
 PROFILES = ("tiny", "smoke", "smollm2-135m", "llama-3.1-8b")
@@ -68,8 +68,10 @@ class PipelineParams:
     rl: RLConfig = param(RLConfig(), "GRPO, shared by every rl@<method>-<task> entry (latent and token).")
     rl_eval: RLEvalConfig = param(RLEvalConfig(), "Evaluation of every model of the RL comparison.")
     report: ReportConfig = param(ReportConfig(), "The comparison report.")
-    qlearn: QLearnConfig = param(QLearnConfig(), "MCTS-Q's Q-network: double DQN on rollouts of the CoLA "
-                                                 "math RL policy.")
+    qlearn: QLearnConfig = param(QLearnConfig(), "MCTS-Q's Q-networks: double DQN on rollouts of each RL "
+                                                 "model (CoLA and token, per task).")
+    mcts: MctsConfig = param(MctsConfig(), "MCTS-Q for CoLA and the token baseline against best-of-n at the "
+                                           "same budget.")
     tracking: TrackingConfig = param(TrackingConfig(), "What MLflow keeps of the models (not a stage: "
                                                        "changing it re-runs nothing).")
 

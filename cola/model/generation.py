@@ -36,6 +36,7 @@ class LatentGeneration:
     prompt_length: int
     attention_mask: torch.Tensor  # (B, P + N) prompt mask followed by the response mask
     hidden: torch.Tensor | None = None  # (B, P + N - 1, d) base states h, when requested (RL reuses them)
+    caches: tuple | None = None  # (base, policy) KV caches of sequences[:, :-1] when decoding used caches
 
     def actions_by_position(self, ignore_index: int = -100) -> torch.Tensor:
         """Actions on the sequence axis (B, P + N): position t holds the action that produced token t + 1."""
@@ -103,6 +104,7 @@ class LatentGenerationMixin:
         generator: torch.Generator | None = None,
         return_hidden: bool = False,
         num_samples: int = 1,
+        caches: tuple | None = None,
     ) -> LatentGeneration:
         """Decode up to `max_new_tokens` tokens per prompt, one latent action per token.
 
@@ -120,6 +122,9 @@ class LatentGenerationMixin:
                 updates that re-score actions without running the base again).
             num_samples: continuations per prompt (an RL group): the prompt is encoded once, then its caches
                 are repeated, so row b·num_samples + j of the result is sample j of prompt b.
+            caches: (base, policy) KV caches of a prefix of `input_ids` shorter than it, from an earlier call
+                (the search's nodes): only the rest is run. They are extended in place; pass copies to keep
+                them.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -133,8 +138,12 @@ class LatentGenerationMixin:
         sequences, mask = input_ids, attention_mask.long()
         done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         actions, logprobs, alive, hiddens = [], [], [], []
-        base_cache = policy_cache = None
-        step_ids, step_positions = sequences, left_padded_positions(mask)
+        base_cache, policy_cache = caches if caches is not None else (None, None)
+        cached = base_cache.get_seq_length() if base_cache is not None else 0
+        if cached >= prompt_length:
+            raise ValueError(f"the caches cover {cached} tokens; they must cover fewer than the "
+                             f"{prompt_length} given, so that the last one is run")
+        step_ids, step_positions = sequences[:, cached:], left_padded_positions(mask)[:, cached:]
 
         for _ in range(max_new_tokens):
             if use_cache:
@@ -187,4 +196,5 @@ class LatentGenerationMixin:
             prompt_length=prompt_length,
             attention_mask=torch.cat([attention_mask.long(), response_mask.long()], dim=1),
             hidden=torch.cat(hiddens, dim=1) if return_hidden else None,
+            caches=(base_cache, policy_cache) if use_cache else None,
         )

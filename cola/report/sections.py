@@ -202,6 +202,9 @@ def wall_clock(inputs: ReportInputs) -> Section:
     files = [(name, inputs.stage_metrics_dir / f"{name}.json") for name in PIPELINE_STAGES]
     files += [(f"rl@{row.name}", inputs.rl_metrics_dir / f"{row.name}.json") for row in inputs.rl_rows]
     files += [("rl_eval", inputs.stage_metrics_dir / "rl_eval.json")]
+    files += [(f"qlearn@{row.name}", inputs.stage_metrics_dir / "qlearn" / f"{row.name}.json")
+              for row in inputs.rl_rows]
+    files += [(f"mcts@{task}", inputs.stage_metrics_dir / "mcts" / f"{task}.json") for task in RL_TASKS]
     body, totals = [], [0.0, 0.0]
     for name, path in files:
         m = _read_json(path) or {}
@@ -216,6 +219,49 @@ def wall_clock(inputs: ReportInputs) -> Section:
         "and MLflow set-up included (DVC's own bookkeeping between stages is not counted).\n",
         metrics={"pipeline_seconds": totals[0], "pipeline_process_seconds": totals[1]},
     )
+
+
+# The search table's rows: (label, metric prefix, selection) per action space, in reading order.
+SEARCH_ROWS = (("RL model, greedy", "greedy", "—"), ("best-of-n", "bon_oracle", "oracle"),
+               ("best-of-n", "bon_majority", "majority vote"), ("MCTS-Q", "mcts_oracle", "oracle"),
+               ("MCTS-Q", "mcts_q_only", "Q only"))
+SPACE_LABELS = {"cola": "CoLA", "token": "Token"}
+
+
+def search(inputs: ReportInputs) -> Section:
+    """7. MCTS-Q against best-of-n sampling at the same budget, for both action spaces (the `mcts` stage)."""
+    parts, headline = ["## 7. Search: MCTS-Q against best-of-n at the same budget\n"], {}
+    for task in RL_TASKS:
+        m = _read_json(inputs.stage_metrics_dir / "mcts" / f"{task}.json")
+        if not m:
+            parts.append(f"**{task}**: not run (`dvc repro mcts@{task}`).\n")
+            continue
+        body = []
+        for space, label in SPACE_LABELS.items():
+            for name, key, selection in SEARCH_ROWS:
+                acc = m.get(f"{space}_{key}_acc")
+                if acc is None:
+                    continue
+                method = key.split("_")[0]
+                n = f" (n = {m[f'{space}_bon_n']})" if method == "bon" else ""
+                passes = m.get(f"{space}_{key}_passes", m.get(f"{space}_{method}_passes"))
+                seconds = m.get(f"{space}_{key}_seconds", m.get(f"{space}_{method}_seconds"))
+                body.append([f"{label} {name}{n}", selection,
+                             f"{100 * acc:.1f} ± {100 * m.get(f'{space}_{key}_se', float('nan')):.1f}",
+                             _num(passes, 1), _num(seconds, 3)])
+            searched, sampled = m.get(f"{space}_mcts_oracle_acc"), m.get(f"{space}_bon_oracle_acc")
+            if searched is not None and sampled is not None:
+                headline[f"{space}_mcts_minus_bon_oracle/{task}"] = searched - sampled
+        parts += [f"**{task}** ({m['problems']} test problems, {m['rounds']} search rounds):\n",
+                  _table(["method", "answer chosen by", "accuracy % ± SE", "forward passes / problem",
+                          "seconds / problem"], body) + "\n"]
+    parts.append(
+        "Oracle rows check candidates against the gold answer (search with a verifier, like pass@n: an "
+        "upper bound, which is how the paper's MCTS-Q number reads); Q-only and majority-vote rows use no "
+        "gold answer. Best-of-n draws as many samples as fit in the larger of the two searches' mean "
+        "forward passes, so a search row beats its best-of-n row only if searching beats sampling more. "
+        "The budget curves are `plots/mcts/<task>.png` (`dvc plots show`).\n")
+    return _section(*parts, metrics=headline)
 
 
 def plots(names: Iterable[str]) -> Section:

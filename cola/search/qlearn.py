@@ -1,9 +1,10 @@
-"""Training MCTS-Q's Q-network (cola-spec.md §3 stage 5a): rollouts of the CoLA policy with verifiable
-rewards, then double DQN through the shared training core.
+"""Training MCTS-Q's Q-network (cola-spec.md §3 stage 5a): rollouts of an RL policy with verifiable rewards,
+then double DQN through the shared training core.
 
-A rollout is one row: the prompt's and response's token ids, the latent action behind each response token
-and the task's 0/1 score of the completion, which is the reward of the last action (0 before it). The
-Q-network reads the state of response action t at position P − 1 + t of prompt + response.
+A rollout is one row: the prompt's and response's token ids, the action behind each response token (CoLA: its
+latent action; the token baseline: the token itself, so its Q-head has one output per vocabulary entry) and
+the task's 0/1 score of the completion, which is the reward of the last action (0 before it). The Q-network
+reads the state of response action t at position P − 1 + t of prompt + response.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cola.errors import ColaError
 from cola.io import file_digest, fingerprint
 from cola.model.checkpoint import load_model_and_tokenizer, save_hf_folder
 from cola.results import StageResult
-from cola.rl.policies import LatentActionPolicy
+from cola.rl.policies import LatentActionPolicy, Policy, TokenPolicy
 from cola.search.qlearning import double_dqn_targets, td_loss
 from cola.search.qnetwork import QNetwork
 from cola.tasks import TASKS
@@ -34,7 +35,7 @@ from cola.train.sft_data import load_task_examples
 
 @dataclass
 class RecordedRollout:
-    """One CoLA rollout: prompt and response ids, one action per response token, the completion's score."""
+    """One rollout: prompt and response ids, one action per response token, the completion's score."""
 
     prompt_ids: list[int]
     response_ids: list[int]
@@ -43,21 +44,22 @@ class RecordedRollout:
 
 
 @torch.no_grad()
-def collect_rollouts(policy: LatentActionPolicy, task: Task, examples: list[Example], samples: int,
+def collect_rollouts(policy: Policy, task: Task, examples: list[Example], samples: int,
                      max_new_tokens: int, seed: int, batch_prompts: int = 16) -> list[RecordedRollout]:
-    """`samples` sampled rollouts of each example's prompt (top-k actions, greedy world-model tokens, as in
-    RL), each scored by `task.score` (1 when correct)."""
+    """`samples` sampled rollouts of each example's prompt (as the policy samples in RL: CoLA top-k actions
+    and greedy world-model tokens, or sampled tokens), each scored by `task.score` (1 when correct)."""
     generator = torch.Generator().manual_seed(seed)
     out: list[RecordedRollout] = []
     for start in range(0, len(examples), batch_prompts):
         chunk = examples[start : start + batch_prompts]
         rollout = policy.rollout([ex["prompt"] for ex in chunk], samples, max_new_tokens, generator)
         p = rollout.prompt_length
+        actions = rollout.actions if rollout.actions is not None else rollout.response_tokens
         for b, completion in enumerate(rollout.completions):
             valid = rollout.response_mask[b].bool()
             prompt = rollout.sequences[b, :p][rollout.attention_mask[b, :p].bool()]
             out.append(RecordedRollout(prompt.tolist(), rollout.sequences[b, p:][valid].tolist(),
-                                       rollout.actions[b][valid].tolist(),
+                                       actions[b][valid].tolist(),
                                        float(task.score(chunk[b // samples], completion))))
     return out
 
@@ -140,28 +142,32 @@ def calibration(qnet: QNetwork, rollouts: list[RecordedRollout], pad_id: int,
             "return_mean": returns.mean().item(), "q_first_mse": ((first - returns) ** 2).mean().item()}
 
 
-def run_qlearn(cfg: QLearnConfig, *, tasks_dir: Path, policy_dir: Path, out_dir: Path,
-               checkpoint_dir: Path | None = None, on_log: LogFn | None = None) -> StageResult:
-    """The `qlearn` stage: roll out the CoLA RL policy of `policy_dir` on the first ``n_prompts`` arith
-    training problems (``samples_per_prompt`` each, scored by the task), train a Q-network on a copy of its
-    base by double DQN, and measure its calibration on rollouts of held-out validation problems before and
-    after. Saves the Q-network (with the tokenizer) to `out_dir`."""
+def run_qlearn(cfg: QLearnConfig, *, tasks_dir: Path, policy_dir: Path, rl_task: str, max_new_tokens: int,
+               out_dir: Path, checkpoint_dir: Path | None = None,
+               on_log: LogFn | None = None) -> StageResult:
+    """The `qlearn` stage: roll out the RL policy of `policy_dir` (CoLA or a plain LM) on the first
+    ``n_prompts`` training problems of `rl_task` (``samples_per_prompt`` each, scored by the task), train a
+    Q-network on a copy of its base by double DQN, and measure its calibration on rollouts of held-out
+    validation problems before and after. Saves the Q-network (with the tokenizer) to `out_dir`."""
     model, tokenizer, kind = load_model_and_tokenizer(policy_dir)
-    if kind != "cola":
-        raise ColaError(f"{policy_dir}: the Q-network learns from a CoLA policy, found a plain LM")
-    split = RL_TASKS["math"]
+    if rl_task not in RL_TASKS:
+        raise ColaError(f"unknown RL task {rl_task!r}; expected one of {sorted(RL_TASKS)}")
+    split = RL_TASKS[rl_task]
     task = TASKS[split]
     train = load_task_examples(tasks_dir, "train", [split])[: cfg.n_prompts]
     heldout = load_task_examples(tasks_dir, "val", [split])[: cfg.heldout_prompts]
-    policy = LatentActionPolicy(model, tokenizer, top_k=cfg.action_top_k)
-    rollouts = collect_rollouts(policy, task, train, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.seed)
-    held = collect_rollouts(policy, task, heldout, cfg.samples_per_prompt, cfg.max_new_tokens, cfg.seed + 1)
+    if kind == "cola":
+        policy: Policy = LatentActionPolicy(model, tokenizer, top_k=cfg.action_top_k)
+        qnet = QNetwork.from_base(model.base, model.config.num_actions)
+    else:  # the token baseline samples its tokens as in RL (full vocabulary, temperature 1)
+        policy, qnet = TokenPolicy(model, tokenizer), QNetwork.from_base(model, model.config.vocab_size)
+    rollouts = collect_rollouts(policy, task, train, cfg.samples_per_prompt, max_new_tokens, cfg.seed)
+    held = collect_rollouts(policy, task, heldout, cfg.samples_per_prompt, max_new_tokens, cfg.seed + 1)
     pad = tokenizer.pad_token_id
-    qnet = QNetwork.from_base(model.base, model.config.num_actions)
     before = calibration(qnet, held, pad, cfg.gamma)
     trainer = QTrainer(qnet, cfg, rollouts, pad, checkpoint_dir=checkpoint_dir, on_log=on_log,
                        fingerprint=fingerprint(asdict(cfg), file_digest(policy_dir), len(rollouts)),
-                       description="qlearn")
+                       description=f"qlearn {kind} {rl_task}")
     last = trainer.train()
     after = calibration(qnet, held, pad, cfg.gamma)
     save_hf_folder(qnet.eval(), tokenizer, out_dir)

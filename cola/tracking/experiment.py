@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,26 +94,36 @@ def declared_metrics(root: Path = Path(".")) -> dict[str, float]:
         return {}
     stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
     out: dict[str, float] = {}
-    for name, spec in stages.items():
-        entries = [(name, spec)] if "foreach" not in spec else [
-            (f"{name}@{key}", _expand(spec["do"], key, item)) for key, item in spec["foreach"].items()]
-        for stage, body in entries:
-            words = str(body.get("cmd", "")).split()
-            if "--metrics" not in words[:-1]:
-                continue
-            path = root / words[words.index("--metrics") + 1]
-            try:
-                values = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):  # not there yet (the stage has not run) or unreadable
-                continue
-            out.update({f"{stage}/{k}": v for k, v in values.items() if isinstance(v, int | float)
-                        and not isinstance(v, bool)})
+    for stage, body in expanded_stages(stages).items():
+        words = str(body.get("cmd", "")).split()
+        if "--metrics" not in words[:-1]:
+            continue
+        path = root / words[words.index("--metrics") + 1]
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not there yet (the stage has not run) or unreadable
+            continue
+        out.update({f"{stage}/{k}": v for k, v in values.items() if isinstance(v, int | float)
+                    and not isinstance(v, bool)})
     return out
 
 
-def _expand(spec: Any, key: str, item: Mapping[str, Any]) -> Any:
-    """A foreach stage's body for one entry (``${key}``, ``${item.x}`` substituted)."""
-    text = yaml.safe_dump(spec).replace("${key}", key)
-    for field, value in (item.items() if isinstance(item, Mapping) else []):
-        text = text.replace("${item." + field + "}", str(value))
-    return yaml.safe_load(text)
+def expanded_stages(stages: Mapping[str, Any], resolve: Callable[[str], str] = str) -> dict[str, Any]:
+    """dvc.yaml's stages with every foreach entry as a stage of its own (``rl@cola-math``, ``mcts@math``):
+    ``${key}``, ``${item}`` and ``${item.x}`` substituted, each value passed through `resolve` first (tests
+    fill its ``${section.key}`` references from params.yaml as DVC does)."""
+    out: dict[str, Any] = {}
+    for name, spec in stages.items():
+        if "foreach" not in spec:
+            out[name] = spec
+            continue
+        entries = spec["foreach"]
+        for key, item in entries.items() if isinstance(entries, Mapping) else ((e, e) for e in entries):
+            text = yaml.safe_dump(spec["do"]).replace("${key}", str(key))
+            if isinstance(item, Mapping):
+                for field, value in item.items():
+                    text = text.replace("${item." + field + "}", resolve(str(value)))
+            else:
+                text = text.replace("${item}", resolve(str(item)))
+            out[f"{name}@{key}"] = yaml.safe_load(text)
+    return out
