@@ -126,13 +126,14 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     the report."""
     root, env = project
     run(["dvc", "repro"], root, env)
-    stages = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft", "rl_eval", "report", "qlearn")
+    stages = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft", "rl_eval", "report")
     stage_metrics = [f"{stage}.json" for stage in stages]
-    stage_metrics += [f"rl/{run_}.json" for run_ in RL_RUNS]
+    stage_metrics += [f"{kind}/{run_}.json" for run_ in RL_RUNS for kind in ("rl", "qlearn")]
+    stage_metrics += [f"mcts/{task}.json" for task in ("math", "countdown")]
     for name in stage_metrics:
         metrics = json.loads((root / "metrics" / name).read_text())
         assert metrics["wall_clock_seconds"] > 0, name
-    for name in ("bc", "fta", "sft", "qnet", *[f"rl/{r}" for r in RL_RUNS]):
+    for name in ("bc", "fta", "sft", *[f"{kind}/{r}" for r in RL_RUNS for kind in ("rl", "qnet")]):
         assert (root / "models" / name / "config.json").is_file(), name
     rl = json.loads((root / "metrics" / "rl" / "cola-math.json").read_text())
     assert rl["steps"] == 4 and {"reward_start", "reward_end", "kl", "entropy", "seconds_per_step"} <= set(rl)
@@ -151,6 +152,11 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
         assert 0 <= headline[f"{model}/arith_acc"] <= 1 and f"{model}/spell_acc" in headline, model
     table = report.split("## 1.")[1].split("## 2.")[0]
     assert table.count(" ± ") >= len(MODELS) * 5 and "—" not in table, table
+    search = report.split("## 7.")[1]  # MCTS-Q against best-of-n, both action spaces, both tasks
+    assert "not run" not in search and search.count("MCTS-Q |") == 8 and search.count("best-of-n (n = ") >= 6
+    assert {"cola_mcts_minus_bon_oracle/math", "token_mcts_minus_bon_oracle/countdown"} <= set(headline)
+    budget = json.loads((root / "plots" / "mcts" / "math.json").read_text())
+    assert [row["rounds"] for row in budget] == [1, 2] and "cola_bon_oracle_passes" in budget[0]
 
     second = run(["dvc", "repro"], root, env)
     assert "didn't change" in second.stdout or "up to date" in second.stdout, second.stdout
@@ -159,7 +165,9 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "full run"], root, env)
     exp = run(["dvc", "exp", "run", "-S", "rl.lr=1e-6"], root, env)
-    rerun = {*[f"rl@{r}" for r in RL_RUNS], "rl_eval", "report", "qlearn"}  # qlearn learns from rl@cola-math
+    # the Q-networks learn from the RL models, and the search runs on both
+    rerun = {*[f"{stage}@{r}" for r in RL_RUNS for stage in ("rl", "qlearn")], "mcts@math", "mcts@countdown",
+             "rl_eval", "report"}
     assert ran_stages(exp.stdout) == rerun, exp.stdout
     reused = json.loads((root / "metrics" / "rl_eval.json").read_text())
     assert {m for m in MODELS if reused[f"{m}/reused"]} == {"base", "sft", "bc", "fta"}

@@ -1,0 +1,99 @@
+"""The default agent backend: TextWorld games generated offline by ``tw-make custom`` from a seed.
+
+A game is fixed by (world size, objects, quest length, seed): the same settings give a byte-identical ``.z8``
+and the same walkthrough (``PYTHONHASHSEED`` is pinned for the side ``.json``). Steps cost milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from cola.envs.base import EnvUnavailableError, Observation, TextEnv
+
+# Jericho warns on every reset that a generated game is not one of its supported commercial games; TextWorld
+# supplies the walkthrough and the admissible commands itself.
+warnings.filterwarnings("ignore", message="Unable to (retrieve walkthrough|find valid actions)")
+
+INSTALL_HINT = "TextWorld is not installed: pip install 'textworld==1.7.0' (builds jericho with gcc, ~1 min)"
+
+
+def _textworld():
+    try:
+        import textworld
+    except ImportError as exc:
+        raise EnvUnavailableError(INSTALL_HINT) from exc
+    return textworld
+
+
+@dataclass(frozen=True)
+class GameSettings:
+    """What `tw-make custom` builds: rooms, objects, quest length (walkthrough steps)."""
+
+    world_size: int = 2
+    nb_objects: int = 4
+    quest_length: int = 2
+
+
+def make_game(settings: GameSettings, seed: int, folder: Path) -> Path:
+    """Generate game `seed` into `folder` (``tw-<seed>.z8`` and its ``.json``), unless it is there already."""
+    _textworld()
+    game = Path(folder) / f"tw-{seed}.z8"
+    if game.is_file() and game.with_suffix(".json").is_file():
+        return game
+    folder.mkdir(parents=True, exist_ok=True)
+    tw_make = shutil.which("tw-make", path=str(Path(sys.executable).parent)) or shutil.which("tw-make")
+    if tw_make is None:
+        raise EnvUnavailableError(INSTALL_HINT)
+    cmd = [tw_make, "custom", "--world-size", str(settings.world_size), "--nb-objects",
+           str(settings.nb_objects), "--quest-length", str(settings.quest_length), "--seed", str(seed),
+           "--output", str(game), "-f", "--silent"]
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True)
+    if done.returncode != 0 or not game.is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"tw-make failed for seed {seed}: {last}")
+    return game
+
+
+class TextWorldEnv(TextEnv):
+    """One TextWorld game file (``.z8`` with its ``.json`` beside it)."""
+
+    def __init__(self, game: str | Path, max_steps: int = 20) -> None:
+        textworld = _textworld()
+        if not Path(game).is_file():
+            raise EnvUnavailableError(f"{game}: no such TextWorld game file")
+        infos = textworld.EnvInfos(objective=True, admissible_commands=True, max_score=True, won=True,
+                                   lost=True, score=True, description=True, extras=["walkthrough"])
+        self.game, self.max_steps = Path(game), max_steps
+        self.env = textworld.start(str(game), request_infos=infos)
+        self._walkthrough: list[str] | None = None
+        self.max_score = 0.0
+
+    def _observe(self, state, text: str) -> Observation:
+        return Observation(" ".join(text.replace(">", " ").split()), state["objective"],
+                           sorted(state["admissible_commands"] or []))
+
+    def reset(self) -> Observation:
+        state = self.env.reset()
+        self.max_score = float(state["max_score"])
+        self._walkthrough = list(state["extra.walkthrough"])
+        return self._observe(state, state["description"])  # the feedback opens with an ASCII-art banner
+
+    def _play(self, command: str) -> tuple[Observation, float, bool, bool]:
+        state, score, done = self.env.step(command)
+        over = bool(done or state["lost"])
+        return self._observe(state, state.feedback), float(score), over, bool(state["won"])
+
+    @property
+    def walkthrough(self) -> list[str]:
+        if self._walkthrough is None:
+            self.reset()
+        return list(self._walkthrough or [])
+
+    def close(self) -> None:
+        self.env.close()
