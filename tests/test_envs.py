@@ -82,3 +82,59 @@ def test_a_seeded_random_admissible_agent_sometimes_fails(games) -> None:
 def test_a_missing_game_is_one_clear_error(tmp_path) -> None:
     with pytest.raises(EnvUnavailableError, match="no such TextWorld game file"):
         TextWorldEnv(tmp_path / "missing.z8")
+
+
+# --------------------------------------------------------------------------------------------- agents
+
+
+def test_prompts_keep_a_bounded_history_and_replies_become_one_command() -> None:
+    from cola.envs.protocol import PromptStyle, Transcript, agent_prompt, parse_command
+
+    transcript = Transcript("Find the key.", "You are in a hall.",
+                            [("go east", "A kitchen."), ("take key", "Taken."), ("look", "A kitchen. " * 40)])
+    prompt = agent_prompt(transcript, ["go west", "look"], PromptStyle(history=2, max_observation_chars=50))
+    assert prompt.splitlines()[0] == "Goal: Find the key."
+    assert "go east" not in prompt and "> take key\nTaken.\n> look\nA kitchen." in prompt
+    assert max(len(line) for line in prompt.splitlines()[1:-2]) <= 50
+    assert prompt.endswith("Commands: go west | look\nAction:")
+    bare = agent_prompt(transcript, ["look"], PromptStyle(history=0, show_admissible=False))
+    assert bare.splitlines()[1].startswith("A kitchen.") and "Commands" not in bare
+    first = agent_prompt(Transcript("Goal.", "You are in a hall."), [], PromptStyle())
+    assert first == "Goal: Goal.\nYou are in a hall.\nAction:"
+    assert parse_command("\n  > take key \nmore text") == "take key" and parse_command("  \n") == ""
+
+
+@pytest.mark.parametrize("kind", ["cola", "base"])
+def test_batched_episodes_in_both_action_spaces_match_one_at_a_time(games, tmp_path, kind) -> None:
+    """A micro model plays full episodes of two games (two copies of one: a group) batched, and the same
+    episodes one at a time; greedy decoding gives the same transcripts."""
+    import torch
+
+    from cola.envs.episodes import play_episodes
+    from cola.envs.protocol import PromptStyle
+    from cola.model.checkpoint import load_model_and_tokenizer
+    from cola.rl.policies import LatentActionPolicy, TokenPolicy
+    from tests.test_harness import build_assets
+
+    assets = build_assets(tmp_path)
+    model, tokenizer, _ = load_model_and_tokenizer(assets["root"] / kind)
+    policy = LatentActionPolicy(model, tokenizer) if kind == "cola" else TokenPolicy(model, tokenizer)
+    files = [games[SEEDS[0]], games[SEEDS[0]], games[SEEDS[1]]]
+    style = PromptStyle(history=1, max_observation_chars=60, show_admissible=False)
+
+    def play(paths):
+        envs = [TextWorldEnv(path, max_steps=3) for path in paths]
+        return play_episodes(policy, envs, style, 6, torch.Generator().manual_seed(0), greedy=True)
+
+    batched, turns = play(files)
+    alone = [play([path])[0][0] for path in files]
+    assert [len(e.turns) for e in batched] == [3, 3, 3] and len(turns) == 3  # every turn one batch
+    assert all(len(batch.episodes) == 3 and len(batch.rollout.completions) == 3 for batch in turns)
+    for together, single in zip(batched, alone, strict=True):
+        assert [(t.prompt, t.reply, t.command, t.answer) for t in together.turns] == \
+               [(t.prompt, t.reply, t.command, t.answer) for t in single.turns]
+        assert together.invalid == sum(not t.valid for t in together.turns)
+    if kind == "cola":
+        assert all(t.actions is not None and len(t.actions) >= 1 for e in batched for t in e.turns)
+    else:
+        assert all(t.actions is None for e in batched for t in e.turns)

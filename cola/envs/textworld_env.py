@@ -6,19 +6,17 @@ and the same walkthrough (``PYTHONHASHSEED`` is pinned for the side ``.json``). 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cola.envs.base import EnvUnavailableError, Observation, TextEnv
-
-# Jericho warns on every reset that a generated game is not one of its supported commercial games; TextWorld
-# supplies the walkthrough and the admissible commands itself.
-warnings.filterwarnings("ignore", message="Unable to (retrieve walkthrough|find valid actions)")
 
 INSTALL_HINT = "TextWorld is not installed: pip install 'textworld==1.7.0' (builds jericho with gcc, ~1 min)"
 
@@ -29,6 +27,15 @@ def _textworld():
     except ImportError as exc:
         raise EnvUnavailableError(INSTALL_HINT) from exc
     return textworld
+
+
+@contextlib.contextmanager
+def _quiet_jericho() -> Iterator[None]:
+    """Jericho warns that a generated game is not one of the commercial games it knows; TextWorld supplies
+    the walkthrough and the admissible commands itself, so the warning says nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unable to (retrieve walkthrough|find valid actions)")
+        yield
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,8 @@ class TextWorldEnv(TextEnv):
         infos = textworld.EnvInfos(objective=True, admissible_commands=True, max_score=True, won=True,
                                    lost=True, score=True, description=True, extras=["walkthrough"])
         self.game, self.max_steps = Path(game), max_steps
-        self.env = textworld.start(str(game), request_infos=infos)
+        with _quiet_jericho():
+            self.env = textworld.start(str(game), request_infos=infos)
         self._walkthrough: list[str] | None = None
         self.max_score = 0.0
 
@@ -79,13 +87,15 @@ class TextWorldEnv(TextEnv):
                            sorted(state["admissible_commands"] or []))
 
     def reset(self) -> Observation:
-        state = self.env.reset()
+        with _quiet_jericho():
+            state = self.env.reset()
         self.max_score = float(state["max_score"])
         self._walkthrough = list(state["extra.walkthrough"])
         return self._observe(state, state["description"])  # the feedback opens with an ASCII-art banner
 
     def _play(self, command: str) -> tuple[Observation, float, bool, bool]:
-        state, score, done = self.env.step(command)
+        with _quiet_jericho():
+            state, score, done = self.env.step(command)
         over = bool(done or state["lost"])
         return self._observe(state, state.feedback), float(score), over, bool(state["won"])
 

@@ -1,0 +1,82 @@
+"""Batched multi-turn rollouts: many games played together, one batched generation per turn across the
+episodes still running (issue: agent tasks).
+
+Each turn every running episode gets its prompt (`cola.envs.protocol.agent_prompt`: the goal, a bounded
+history, the admissible commands), the policy answers all of them in one `Policy.rollout` call (CoLA: sampled
+or greedy latent actions and greedy world-model tokens; the token baseline: sampled or greedy tokens), each
+reply is parsed into one command and played. KV caches are not kept across turns: every turn's prompt is
+encoded afresh (prompts are short and change at their start as the history window slides). Group
+environments (G episodes of one game, as GRPO needs) are G env objects on the same game file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from cola.envs.base import TextEnv
+from cola.envs.protocol import PromptStyle, Transcript, agent_prompt, parse_command
+from cola.rl.policies import Policy, Rollout
+
+
+@dataclass
+class Turn:
+    prompt: str
+    reply: str
+    command: str
+    valid: bool
+    reward: float
+    answer: str                          # the game's answer to the command
+    actions: list[int] | None = None     # the latent action behind each reply token (CoLA), else None
+
+
+@dataclass
+class Episode:
+    objective: str
+    first: str
+    turns: list[Turn] = field(default_factory=list)
+    won: bool = False
+    score: float = 0.0
+
+    @property
+    def invalid(self) -> int:
+        return sum(not t.valid for t in self.turns)
+
+
+@dataclass
+class TurnBatch:
+    """One turn's batched generation and the episodes (indices) its rows belong to."""
+
+    rollout: Rollout
+    episodes: list[int]
+
+
+def play_episodes(policy: Policy, envs: list[TextEnv], style: PromptStyle, max_new_tokens: int,
+                  generator: torch.Generator, greedy: bool = False) -> tuple[list[Episode], list[TurnBatch]]:
+    """Play one episode in each env, all together; returns the episodes and every turn's batch (what an RL
+    update needs: the recorded tokens, actions and log-probs)."""
+    episodes = []
+    for env in envs:
+        first = env.start_episode()
+        episodes.append(Episode(first.objective, first.text))
+    running, batches = list(range(len(envs))), []
+    while running:
+        prompts = [agent_prompt(Transcript(episodes[i].objective, episodes[i].first,
+                                           [(t.command, t.answer) for t in episodes[i].turns]),
+                                envs[i].last.admissible, style) for i in running]
+        rollout = policy.rollout(prompts, 1, max_new_tokens, generator, greedy=greedy)
+        batches.append(TurnBatch(rollout, list(running)))
+        still = []
+        for row, i in enumerate(running):
+            command = parse_command(rollout.completions[row])
+            step = envs[i].step(command)
+            actions = (rollout.actions[row][rollout.response_mask[row]].tolist()
+                       if rollout.actions is not None else None)
+            episodes[i].turns.append(Turn(prompts[row], rollout.completions[row], command, step.valid,
+                                          step.reward, step.observation.text, actions))
+            episodes[i].won, episodes[i].score = step.won, step.score
+            if not step.done:
+                still.append(i)
+        running = still
+    return episodes, batches
