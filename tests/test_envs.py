@@ -138,3 +138,21 @@ def test_batched_episodes_in_both_action_spaces_match_one_at_a_time(games, tmp_p
         assert all(t.actions is not None and len(t.actions) >= 1 for e in batched for t in e.turns)
     else:
         assert all(t.actions is None for e in batched for t in e.turns)
+
+
+def test_cola_play_prints_the_transcript_with_the_latent_actions(games, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cola.cli import app
+    from tests.test_harness import build_assets
+
+    assets = build_assets(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["play", str(assets["root"] / "cola"), "--game", str(games[SEEDS[0]]),
+                                 "--max-steps", "2", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Goal: ") and "1. > " in result.stdout and "2. > " in result.stdout
+    assert result.stdout.count("actions [") == 2 and "in 2 steps" in result.stdout
+    assert "walkthrough (" in result.stderr
+    missing = runner.invoke(app, ["play", str(assets["root"] / "cola"), "--game", str(tmp_path / "no.z8")])
+    assert missing.exit_code == 2 and "no such TextWorld game file" in missing.stderr

@@ -5,6 +5,7 @@ switch the params profile.
     cola eval MODEL --task math500_local --math500-path test.jsonl --samples 16 --out math.json
     cola generate MODEL "Q: Calculate 3 + 4. A:" --greedy-actions
     cola search MODEL --q QNET "Q: Calculate 3 + 4. A:"
+    cola play MODEL --game GAME.z8
     cola compare -n 5 --format markdown
     cola ui --port 5000
     cola profile smollm2-135m
@@ -16,14 +17,14 @@ and exit with code 2. Heavy imports (torch, transformers, mlflow) happen inside 
 is fast.
 
 Modules: `app` (the Typer app, consoles, shared helpers), one per command group: `evaluate` (eval, generate),
-`runs` (compare, ui), `search` (search), `profiles` (profile, params), `track` (track sync). Importing this
-package registers every command on `app`.
+`runs` (compare, ui), `search` (search), `play` (play), `profiles` (profile, params), `track` (track
+sync). Importing this package registers every command on `app`.
 """
 
 from __future__ import annotations
 
 # Importing a command module registers its commands; `cola --help` lists them in this order.
-from cola.cli import evaluate, runs, search  # noqa: F401
+from cola.cli import evaluate, play, runs, search  # noqa: F401
 
 # isort: split
 from cola.cli import profiles, track
