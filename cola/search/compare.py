@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,13 @@ def binomial_stderr(p: float, n: int) -> float:
 
 def greedy_accuracy(model, tokenizer, kind: str, task: Task, examples: list[Example],
                     max_new_tokens: int) -> dict[str, float]:
+    start = time.perf_counter()
     records = generate_texts(model, tokenizer, [ex["prompt"] for ex in examples], kind=kind,
                              max_new_tokens=max_new_tokens, batch_size=64)
+    seconds = (time.perf_counter() - start) / len(examples)
     correct = [float(task.score(ex, r["completion"])) for ex, r in zip(examples, records, strict=True)]
     return {"acc": sum(correct) / len(correct), "se": stderr_of_mean(correct),
-            "passes": sum(len(r["token_ids"]) for r in records) / len(records)}
+            "passes": sum(len(r["token_ids"]) for r in records) / len(records), "seconds": seconds}
 
 
 def compare_space(space: str, model_dir: Path, qnet_dir: Path, task: Task, examples: list[Example],
