@@ -112,7 +112,8 @@ LAYERS = {  # a module may import its own layer and the layers below it, never o
     "cola.errors": 0, "cola.io": 0, "cola.results": 0, "cola.tasks": 1,
     "cola.config": 2, "cola.comparison": 2, "cola.plots": 2, "cola.model": 3,
     "cola.base": 4, "cola.data": 4, "cola.eval": 5, "cola.train": 6,
-    "cola.rl": 7, "cola.search": 7, "cola.report": 7, "cola.tracking": 7, "cola.pipeline": 8, "cola.cli": 8,
+    "cola.rl": 7, "cola.search": 7, "cola.report": 7, "cola.tracking": 7, "cola.envs": 8, "cola.pipeline": 8,
+    "cola.cli": 8,
 }
 
 
