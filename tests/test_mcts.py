@@ -148,3 +148,22 @@ def test_bad_search_settings_are_one_line_errors(setup) -> None:
     lm, _, token_qnet = token_setup()
     with pytest.raises(ColaError, match="the Q-network scores .* actions, the model has 8"):
         Search(action_space(model, tokenizer, "cola"), tokenizer, token_qnet, SearchConfig())
+
+
+def test_chunking_triggers_exactly_when_the_td_error_is_under_the_threshold(setup) -> None:
+    """δ² = (Q(s, a) − γ·max Q(s′, ·))² of the root's first child, worked out from the Q-network directly: a
+    threshold just above it chunks that child, one just below does not."""
+    model, tokenizer, qnet = setup
+    base = dict(rounds=1, root_children=2, children=2, max_depth=8, chunk_tokens=3, rollout_tokens=8)
+    probe = latent_search(setup, SearchConfig(**base, td_threshold=0.0))
+    first = probe.run(PROMPT).root.children[0]
+    root_ids = list(first.ids[:-1])
+    with torch.no_grad():
+        q = float(qnet(torch.tensor([root_ids]))[0, -1, first.actions[0]])
+        v_next = float(qnet(torch.tensor([list(first.ids)]))[0, -1].max())
+    delta2 = (q - 0.99 * v_next) ** 2
+    assert first.ids[-1] != tokenizer.eos_token_id and delta2 > 0
+    above = latent_search(setup, SearchConfig(**base, td_threshold=delta2 * 1.001)).run(PROMPT)
+    below = latent_search(setup, SearchConfig(**base, td_threshold=delta2 * 0.999)).run(PROMPT)
+    assert len(above.root.children[0].actions) > 1  # grew by a greedy chunk
+    assert len(below.root.children[0].actions) == 1
