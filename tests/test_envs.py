@@ -156,3 +156,15 @@ def test_cola_play_prints_the_transcript_with_the_latent_actions(games, tmp_path
     assert "walkthrough (" in result.stderr
     missing = runner.invoke(app, ["play", str(assets["root"] / "cola"), "--game", str(tmp_path / "no.z8")])
     assert missing.exit_code == 2 and "no such TextWorld game file" in missing.stderr
+
+
+def test_interpreter_commands_are_answered_without_touching_the_disk(games, tmp_path, monkeypatch) -> None:
+    """A model may type `save` or `restore` with any file name: the interpreter would write the file into the
+    working directory or crash on a garbage one, so these are answered as invalid and never played."""
+    monkeypatch.chdir(tmp_path)
+    env = TextWorldEnv(games[SEEDS[0]], max_steps=10)
+    env.start_episode()
+    for command in ("save", "restore junk", "SCRIPT", "quit"):
+        step = env.step(command)
+        assert not step.valid and not step.done and "not available" in step.observation.text
+    assert list(tmp_path.iterdir()) == [] and env.step(env.walkthrough[0]).valid

@@ -29,6 +29,11 @@ def _textworld():
     return textworld
 
 
+# Z-machine interpreter commands that are not moves in the game (see `TextWorldEnv._play`).
+META_COMMANDS = frozenset({"save", "restore", "script", "unscript", "transcript", "restart", "quit", "q",
+                           "undo", "verbose", "brief", "superbrief", "notify", "pronouns"})
+
+
 @contextlib.contextmanager
 def _quiet_jericho() -> Iterator[None]:
     """Jericho warns that a generated game is not one of the commercial games it knows; TextWorld supplies
@@ -94,6 +99,11 @@ class TextWorldEnv(TextEnv):
         return self._observe(state, state["description"])  # the feedback opens with an ASCII-art banner
 
     def _play(self, command: str) -> tuple[Observation, float, bool, bool]:
+        if command.split()[:1] and command.split()[0].lower() in META_COMMANDS:
+            # The interpreter's own commands act outside the game: `save`/`script` write files into the
+            # working directory, `restore` of a garbage file name crashes the process. Answered, not played.
+            text = f"The command {command.split()[0]!r} is not available in this game."
+            return Observation(text, self.last.objective, self.last.admissible), self.score, False, False
         with _quiet_jericho():
             state, score, done = self.env.step(command)
         over = bool(done or state["lost"])
