@@ -155,6 +155,8 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     search = report.split("## 7.")[1]  # MCTS-Q against best-of-n, both action spaces, both tasks
     assert "not run" not in search and search.count("MCTS-Q |") == 8 and search.count("best-of-n (n = ") >= 6
     assert {"cola_mcts_minus_bon_oracle/math", "token_mcts_minus_bon_oracle/countdown"} <= set(headline)
+    assert json.loads((root / "metrics" / "headline" / "report.json").read_text()).keys() >= {
+        "cola_mcts_minus_bon_oracle/math", "cola_mcts_minus_bon_oracle/countdown"}
     budget = json.loads((root / "plots" / "mcts" / "math.json").read_text())
     assert [row["rounds"] for row in budget] == [1, 2] and "cola_bon_oracle_passes" in budget[0]
 

@@ -18,12 +18,10 @@ HEADLINE = (
     "fta/val_response_ce_after", "sft/val_response_ce_after",
     "rl@*/reward_end",                             # the sampled reward each RL run reached
     "rl@*/val_greedy_acc", "rl@*/val_greedy_acc_sd",  # greedy validation accuracy: what choices are made on
-    "qlearn@*/heldout_q_first_mean", "qlearn@*/heldout_return_mean",  # a Q-network: predicted vs seen
-    "mcts@*/*_greedy_acc", "mcts@*/*_mcts_*_acc", "mcts@*/*_bon_*_acc",  # search vs best-of-n, equal budget
     "report/cola_minus_token/*",                   # the paper's comparison, per RL task
     "report/cola_over_token_threshold_seconds/*",  # "half the compute"
     "report/*/delta_*_acc",                        # each RL run's task gain and retention
-    "report/*_mcts_minus_bon_oracle/*",            # does search beat sampling more at the same budget?
+    "report/cola_mcts_minus_bon_oracle/*",         # does MCTS-Q beat sampling more at the same budget?
 )
 
 
