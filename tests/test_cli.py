@@ -405,4 +405,5 @@ def test_search_over_tokens_with_a_token_q_network(assets: dict, tmp_path: Path)
     result = runner.invoke(app, ["search", str(assets["root"] / "base"), "Q: Calculate 1 + 1. A:", "--q",
                                  str(tmp_path / "token_qnet"), "--rounds", "2", "--rollout-tokens", "4"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("N=") == 3 and "answer (q_only):" in result.stdout
+    # the root and one node per round, or fewer when a child ends in EOS (the search stops there)
+    assert 2 <= result.stdout.count("N=") <= 3 and "answer (q_only):" in result.stdout
