@@ -17,7 +17,6 @@ problem on the x axis).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from cola.config.search import MctsConfig
 from cola.errors import ColaError
 from cola.eval.generate import generate_texts
 from cola.eval.sampling_metrics import stderr_of_mean
+from cola.eval.scoring import binomial_stderr
 from cola.model.checkpoint import load_model_and_tokenizer
 from cola.results import StageResult
 from cola.search.evaluate import best_of_n_at_budget, search_accuracy
@@ -39,11 +39,6 @@ from cola.tasks.base import Example, Task
 from cola.train.sft_data import load_task_examples
 
 SPACES = ("cola", "token")
-
-
-def binomial_stderr(p: float, n: int) -> float:
-    """SE of a mean of n 0/1 outcomes with mean p."""
-    return math.sqrt(p * (1 - p) / n)
 
 
 def greedy_accuracy(model, tokenizer, kind: str, task: Task, examples: list[Example],

@@ -111,7 +111,6 @@ class TokenSpace:
         probs = torch.softmax(out.logits[0, -1].float(), dim=-1)
         return State(ids, probs, out.cache if self.use_cache else None)
 
-    @torch.no_grad()
     def token(self, state: State, action: int) -> int:
         return action
 
