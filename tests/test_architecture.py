@@ -275,24 +275,25 @@ def _resolve(value: str) -> str:
     return re.sub(r"\$\{([\w.]+)\}", lookup, value)
 
 
-def test_rl_cola_start_rewires_the_cola_runs(tmp_path, monkeypatch):
-    """`-S rl.cola_start=bc` makes the rl@cola-* entries start from (and depend on) models/bc, as DVC
-    resolves dvc.yaml; the token runs keep models/sft."""
+@pytest.mark.parametrize("start", ["fta", "bc"])
+def test_rl_cola_start_rewires_the_cola_runs(tmp_path, monkeypatch, start):
+    """`-S rl.cola_start=<start>` makes the rl@cola-* entries start from (and depend on) models/<start>, as
+    DVC resolves dvc.yaml; the token runs keep models/sft."""
     from dvc.repo import Repo
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["rl"]["cola_start"] = "bc"
+    params["rl"]["cola_start"] = start
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)  # DVC resolves dvc.yaml's ${...} against the working directory's params
     Repo.init(".")
     stages = {s.addressing: s for s in Repo(".").index.stages}
     starts = {name: [str(d.def_path) for d in stages[name].deps if str(d.def_path).startswith("models/")]
               for name in ("rl@cola-math", "rl@cola-countdown", "rl@token-math")}
-    assert starts == {"rl@cola-math": ["models/bc"], "rl@cola-countdown": ["models/bc"],
+    assert starts == {"rl@cola-math": [f"models/{start}"], "rl@cola-countdown": [f"models/{start}"],
                       "rl@token-math": ["models/sft"]}
-    assert "--start models/bc" in stages["rl@cola-math"].cmd
+    assert f"--start models/{start}" in stages["rl@cola-math"].cmd
 
 
 def script_of(spec: dict) -> Path:

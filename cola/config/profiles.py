@@ -1,6 +1,7 @@
 """Profiles are override files: ``configs/profiles/NAME.yaml`` holds only what differs from the defaults.
 
-The defaults (`cola.config.PipelineParams()`) are the ``tiny`` profile's, so ``tiny.yaml`` overrides nothing
+The defaults (`cola.config.PipelineParams()`) are the ``tiny`` profile's sizes with the paper's choices;
+``tiny.yaml`` overrides only what the RL ablation chose on validation at that scale (``rl.cola_start``),
 and ``smollm2-135m.yaml`` says in a screen what that scale *is* (nanoGPT's ``config/*.py`` habit).
 ``cola profile NAME`` merges defaults and overrides, validates the result and writes it to params.yaml, the
 file DVC tracks and ``dvc exp run -S`` edits.
