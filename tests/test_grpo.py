@@ -191,12 +191,12 @@ def test_token_logprobs_match_the_sampled_ones_and_rollouts_are_seeded(tokenizer
 
 
 def test_token_sampler_follows_the_softmax_and_respects_top_k() -> None:
-    from cola.rl.policies import _top_k_sample
+    from cola.model.sampling import sample_top_k
 
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).repeat(50_000, 1)
-    counts = torch.bincount(_top_k_sample(logits, None, torch.Generator().manual_seed(0)), minlength=4)
+    counts = torch.bincount(sample_top_k(logits, None, 1.0, torch.Generator().manual_seed(0)), minlength=4)
     torch.testing.assert_close(counts / counts.sum(), torch.softmax(logits[0], -1), atol=0.01, rtol=0)
-    counts = torch.bincount(_top_k_sample(logits, 2, torch.Generator().manual_seed(0)), minlength=4)
+    counts = torch.bincount(sample_top_k(logits, 2, 1.0, torch.Generator().manual_seed(0)), minlength=4)
     assert counts[0] == 0 and counts[3] == 0
     torch.testing.assert_close(counts[1:3] / counts.sum(), torch.softmax(logits[0, 1:3], -1), atol=0.01,
                                rtol=0)

@@ -60,7 +60,11 @@ class OptimConfig(RuntimeConfig):
 class TrainConfig(OptimConfig):
     """A stage that trains on batches of token sequences."""
 
-    batch_size: int = param(32, "Sequences per optimizer step.", min=1)
+    batch_size: int = param(32, "Sequences per optimizer step, over all processes (the global batch; "
+                                 "a multiple of launch.num_processes).", min=1)
+    micro_batch_size: int = param(0, "Sequences per forward/backward pass within a process; the process's "
+                                     "share of the batch is accumulated in such parts (0 = all at once).",
+                                  min=0)
     seq_len: int = param(128, "Tokens per training sequence.", min=2)
     seed: int = param(0, "Seed for initialisation, data sampling and Gumbel noise.")
 

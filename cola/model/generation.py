@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from cola.model.inputs import left_padded_positions
+from cola.model.sampling import NoiseSource, sample_top_k, uniform
 
 ActionMode = Literal["sample", "greedy", "forced", "random"]
 
@@ -47,28 +48,18 @@ class LatentGeneration:
         return out
 
 
-def _top_k_sample(
-    logits: torch.Tensor, top_k: int | None, temperature: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    logits = logits.float() / max(temperature, 1e-6)
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
-
-
 def choose_actions(
     policy_logits: torch.Tensor,
     mode: ActionMode,
     top_k: int | None = 40,
     temperature: float = 1.0,
     forced_action: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
 ) -> torch.Tensor:
     """Pick one action per row from policy logits (B, K)."""
     batch, num_actions = policy_logits.shape
     if mode == "sample":
-        return _top_k_sample(policy_logits, top_k, temperature, generator)
+        return sample_top_k(policy_logits, top_k, temperature, generator)
     if mode == "greedy":
         return policy_logits.argmax(-1)
     if mode == "forced":
@@ -76,7 +67,8 @@ def choose_actions(
             raise ValueError(f"forced action must be in [0, {num_actions}), got {forced_action}")
         return torch.full((batch,), forced_action, dtype=torch.long, device=policy_logits.device)
     if mode == "random":
-        return torch.randint(num_actions, (batch,), generator=generator, device=policy_logits.device)
+        u = uniform((batch,), generator, policy_logits.device)
+        return (u * num_actions).long().clamp(max=num_actions - 1)
     raise ValueError(f"unknown action mode {mode!r}; expected sample, greedy, forced or random")
 
 
@@ -101,7 +93,7 @@ class LatentGenerationMixin:
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int = 0,
         use_cache: bool = True,
-        generator: torch.Generator | None = None,
+        generator: NoiseSource = None,
         return_hidden: bool = False,
         num_samples: int = 1,
         caches: tuple | None = None,
@@ -117,7 +109,8 @@ class LatentGenerationMixin:
             eos_token_id: a row stops after producing any of these ids.
             use_cache: KV caches for the base and the policy; `False` recomputes the whole prefix every step
                 (slow, used to test that caching changes nothing).
-            generator: seeds every random choice, so a seeded run is reproducible with or without caches.
+            generator: seeds every random choice, so a seeded run is reproducible with or without caches
+                (a `cola.model.sampling.BatchRows` when these prompts are rows of a larger batch).
             return_hidden: also return the base states h of every position that chose an action (for RL
                 updates that re-score actions without running the base again).
             num_samples: continuations per prompt (an RL group): the prompt is encoded once, then its caches
@@ -171,7 +164,7 @@ class LatentGenerationMixin:
             logp = logp.gather(-1, action[:, None]).squeeze(-1)
             logits = self.world_model_logits(h_last, action)
             if token_sampling:
-                token = _top_k_sample(logits, token_top_k, token_temperature, generator)
+                token = sample_top_k(logits, token_top_k, token_temperature, generator)
             else:
                 token = logits.argmax(-1)
 

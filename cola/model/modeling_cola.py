@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from cola.model.configuration_cola import CoLAConfig
 from cola.model.generation import LatentGenerationMixin
 from cola.model.inputs import left_padded_positions
+from cola.model.sampling import NoiseSource, uniform
 
 # Trainable groups of cola-spec.md §7. `base` is the decoder without its final norm; `head` is N_f + W_lm.
 GROUPS = ("base", "head", "idm", "codebook", "merge", "policy")
@@ -88,7 +89,7 @@ def stack_config(base_config: PretrainedConfig, n_layers: int, init_std: float) 
 
 
 def gumbel_straight_through(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+    logits: torch.Tensor, temperature: float, generator: NoiseSource = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gumbel-max sample with a straight-through relaxed-softmax gradient (cola-spec.md §2.3).
 
@@ -96,8 +97,8 @@ def gumbel_straight_through(
     *sample* of softmax(logits); the temperature only shapes the backward pass.
     """
     tiny = torch.finfo(logits.dtype).tiny
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
+    noise = uniform(tuple(logits.shape), generator, logits.device, logits.dtype)
+    gumbel = -torch.log(-torch.log(noise.clamp(tiny, 1.0 - 1e-7)))
     probs = torch.softmax((logits + gumbel) / temperature, dim=-1)
     index = probs.argmax(dim=-1)
     hard = F.one_hot(index, logits.shape[-1]).to(probs.dtype)

@@ -14,6 +14,11 @@ It is a `cola.train.core.Trainer`: AdamW, the warmup + cosine schedule, clipping
 checkpoints are the training core's; GRPO supplies its rollout-and-loss step and the state it adds (the frozen
 reference, the prompt and rollout streams, the reward history behind time-to-threshold).
 
+Under ``accelerate launch`` each process rolls out its block of the step's prompts (whole groups) with its
+rows of the step's random numbers; rewards, response masks and KL costs are gathered so the advantages
+(group baselines, GAE whitening) are the global batch's, and the token-mean loss and statistics are each
+process's share of the global mean, so N processes take the same step as one (`cola.train.distributed`).
+
 The policy object (:mod:`cola.rl.policies`) hides the action space: for CoLA it re-scores the recorded latent
 actions from the recorded base states (only the policy stack runs in the update), for the baseline it runs
 the whole LM. The pure math lives in :mod:`cola.rl.advantages` and :mod:`cola.rl.losses`.
@@ -28,6 +33,7 @@ import torch
 from torch import Tensor
 
 from cola.config import RLConfig
+from cola.model.sampling import BatchRows
 from cola.rl.advantages import compute_advantages, groups_with_signal
 from cola.rl.losses import grpo_loss, kl_estimate, masked_mean
 from cola.rl.policies import LatentActionPolicy, Policy, Rollout, TokenPolicy
@@ -95,13 +101,23 @@ class GRPOTrainer(Trainer):
     # ------------------------------------------------------------------------------------------ one step
 
     def sample_prompts(self) -> list[dict]:
-        """P distinct prompts when the pool allows it (with replacement only for a tiny pool)."""
+        """This process's block of the step's P prompts: P distinct ones when the pool allows it (with
+        replacement only for a tiny pool), drawn alike by every process."""
         n, p = len(self.prompts), self.cfg.prompts_per_step
         if n >= p:
             index = torch.randperm(n, generator=self.prompt_generator)[:p]
         else:
             index = torch.randint(n, (p,), generator=self.prompt_generator)
-        return [self.prompts[i] for i in index.tolist()]
+        start, stop = self.processes.rows(p, "prompts_per_step")
+        return [self.prompts[i] for i in index[start:stop].tolist()]
+
+    def step_noise(self) -> BatchRows:
+        """This process's rows of the step's random numbers. A fresh generator per step, seeded from the
+        rollout stream, keeps the streams of all processes alike however long each one's decoding ran."""
+        seed = int(torch.randint(2**62, (1,), generator=self.rollout_generator))
+        p, g = self.cfg.prompts_per_step, self.cfg.group_size
+        start, stop = self.processes.rows(p, "prompts_per_step")
+        return BatchRows(torch.Generator().manual_seed(seed), start * g, stop * g, p * g)
 
     def rewards(self, rollout: Rollout, examples: list[Example]) -> Tensor:
         """(B,) rewards; row b is sample b % G of prompt b // G."""
@@ -113,23 +129,37 @@ class GRPOTrainer(Trainer):
         """ReMax's baseline: the reward of the policy's greedy response to each prompt (None otherwise)."""
         if self.cfg.baseline != "remax":
             return None
-        greedy = self.policy.rollout([ex["prompt"] for ex in examples], 1, self.max_new_tokens,
-                                     self.rollout_generator, greedy=True)
+        greedy = self.policy.rollout([ex["prompt"] for ex in examples], 1, self.max_new_tokens, None,
+                                     greedy=True)
         pairs = zip(greedy.completions, examples, strict=True)
         return torch.tensor([self.reward_fn(c, ex) for c, ex in pairs], dtype=torch.float32)
 
     def advantages(self, rewards: Tensor, rollout: Rollout, ref_logp: Tensor,
                    greedy_rewards: Tensor | None = None) -> Tensor:
-        """(B, N) per-action advantages; in the authors' recipe β·KL to the reference is a per-action cost."""
+        """(B, N) per-action advantages of this process's rows, computed on the gathered global batch;
+        in the authors' recipe β·KL to the reference is a per-action cost."""
         cfg, mask = self.cfg, rollout.response_mask
         kl_penalty = None
         if cfg.kl_in == "reward" and cfg.kl_coef > 0:
             # The KL of the behaviour policy (the one that sampled), as the authors' experience maker computes
             # it.
             kl_penalty = cfg.kl_coef * kl_estimate(rollout.old_logprobs, ref_logp, cfg.kl_estimator) * mask
-        return compute_advantages(rewards, mask, cfg.group_size, mode=cfg.advantage_mode, gamma=cfg.gamma,
-                                  lam=cfg.lam, kl_penalty=kl_penalty, baseline=cfg.baseline,
-                                  greedy_rewards=greedy_rewards)
+        def gather(t: Tensor | None) -> Tensor | None:
+            return self.processes.gather(t) if t is not None else None
+
+        adv = compute_advantages(gather(rewards), gather(mask.float()).bool(), cfg.group_size,
+                                 mode=cfg.advantage_mode, gamma=cfg.gamma, lam=cfg.lam,
+                                 kl_penalty=gather(kl_penalty), baseline=cfg.baseline,
+                                 greedy_rewards=gather(greedy_rewards))
+        start = self.processes.rank * mask.shape[0]
+        return adv[start : start + mask.shape[0], : mask.shape[1]]
+
+    def token_share(self, mask: Tensor) -> float:
+        """This process's tokens over the mean per process: 1 with one process."""
+        if self.processes.world == 1:
+            return 1.0
+        tokens = self.processes.reduce({"n": float(mask.sum())}, summed=("n",))["n"]
+        return float(mask.sum()) * self.processes.world / max(tokens, 1.0)
 
     def distinct_answers(self, rollout: Rollout) -> float | None:
         """Mean number of distinct answers (`Task.vote_key`; no answer counts as one) in a group: 1 means
@@ -149,12 +179,14 @@ class GRPOTrainer(Trainer):
             return None
         batch = self.cfg.prompts_per_step * self.cfg.group_size
         correct = 0
-        for i in range(0, len(self.val_examples), batch):
-            examples = self.val_examples[i : i + batch]
-            rollout = self.policy.rollout([ex["prompt"] for ex in examples], 1, self.max_new_tokens,
-                                          self.rollout_generator, greedy=True)
+        mine = self.val_examples[self.processes.rank :: self.processes.world]
+        for i in range(0, len(mine), batch):
+            examples = mine[i : i + batch]
+            rollout = self.policy.rollout([ex["prompt"] for ex in examples], 1, self.max_new_tokens, None,
+                                          greedy=True)
             pairs = zip(examples, rollout.completions, strict=True)
             correct += sum(self.task.score(ex, c) for ex, c in pairs)
+        correct = self.processes.reduce({"correct": correct}, summed=("correct",))["correct"]
         return correct / len(self.val_examples)
 
     def training_step(self) -> dict[str, float]:
@@ -165,18 +197,22 @@ class GRPOTrainer(Trainer):
         # 1. Rollout: G samples per prompt, no gradient. Old log-probs are recorded while sampling.
         examples = self.sample_prompts()
         rollout = self.policy.rollout([ex["prompt"] for ex in examples], cfg.group_size, self.max_new_tokens,
-                                      self.rollout_generator)
+                                      self.step_noise())
         generated = time.perf_counter()
 
         # 2. Verifiable rewards, then 3. advantages (the reference is scored on the same rollout).
-        rewards = self.rewards(rollout, examples)
+        local_rewards = self.rewards(rollout, examples)
         greedy_rewards = self.greedy_rewards(examples)
         rewarded = time.perf_counter()
         mask = rollout.response_mask
         old_logp = rollout.old_logprobs
         ref_logp = self.ref.logprobs(rollout)
         referenced = time.perf_counter()
-        adv = self.advantages(rewards, rollout, ref_logp, greedy_rewards)
+        adv = self.advantages(local_rewards, rollout, ref_logp, greedy_rewards)
+        rewards = self.processes.gather(local_rewards)
+        # Token means below are this process's share of the global batch's mean: their average over
+        # processes (the gradient's, the logged metrics') is the global mean.
+        share = self.token_share(mask)
 
         # 4. PPO-clip update(s). With one epoch the ratio is 1 and this is a plain policy gradient whose clip
         # never fires; extra epochs reuse the same rollout, which is what the clip is for. The schedule counts
@@ -186,11 +222,12 @@ class GRPOTrainer(Trainer):
         for epoch in range(cfg.ppo_epochs):
             logp, ent = self.policy.logprobs(rollout, with_entropy=True)
             if epoch == 0:
-                entropy = masked_mean(ent, mask).item()  # of the behaviour policy, before any update
+                entropy = masked_mean(ent, mask).item() * share  # of the behaviour policy, before any update
             loss, stats = grpo_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=cfg.clip_eps,
                                     kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
                                     kl_in_loss=cfg.kl_in == "loss")
-            stats["grad_norm"] = self.optimize(loss)
+            stats = {k: v * share for k, v in stats.items()}
+            stats["grad_norm"] = self.optimize(loss * share)
             epoch_stats.append(stats)
         end = time.perf_counter()
 
@@ -205,7 +242,7 @@ class GRPOTrainer(Trainer):
             reward_std=rewards.std().item(),
             reward_ma=sum(self.reward_history[-MA_WINDOW:]) / len(self.reward_history[-MA_WINDOW:]),
             groups_with_signal=groups_with_signal(rewards, cfg.group_size),
-            advantage_abs=masked_mean(adv.abs(), mask).item(),
+            advantage_abs=masked_mean(adv.abs(), mask).item() * share,
             entropy=entropy,
             response_length=n_tokens / mask.shape[0],
             n_tokens=n_tokens,

@@ -37,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from cola.model import inputs
 from cola.model.inputs import left_padded_positions, pad_token_id
 from cola.model.modeling_cola import CoLAForCausalLM
+from cola.model.sampling import NoiseSource, sample_top_k
 
 __all__ = [
     "LatentActionPolicy",
@@ -92,7 +93,7 @@ class Policy(Scorer, Protocol):
 
     kind: str  # "cola" or "token", used in logs
 
-    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator,
+    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: NoiseSource,
                 greedy: bool = False) -> Rollout:
         """Sample ``group_size`` responses for each prompt (no gradient); ``greedy``: argmax actions or tokens
         instead (ReMax's baseline, the validation accuracy), drawing nothing from `generator`."""
@@ -148,22 +149,6 @@ def _gather_logprobs(
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all).sum(-1) * mask
     return logp, entropy
-
-
-def _top_k_sample(logits: Tensor, top_k: int | None, generator: torch.Generator) -> Tensor:
-    """One sample per row from softmax of (already temperature-scaled) logits truncated to the top k.
-
-    Inverse-CDF sampling: one uniform draw per row. ``torch.multinomial`` draws one exponential per
-    vocabulary entry, which on CPU costs more than the tiny model's whole decoding step at vocab 1024.
-    """
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
-    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device) * cdf[:, -1:]
-    # The first index whose cdf exceeds u; a zero-probability entry never does (its cdf equals its
-    # predecessor's), so truncated tokens cannot be drawn.
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
 
 
 # A causal network run on (inputs, mask, positions, cache, use_cache, keep) -> (outputs of the last `keep`
@@ -263,7 +248,7 @@ class LatentActionPolicy:
         self.model.eval()
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator,
+    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: NoiseSource,
                 greedy: bool = False) -> Rollout:
         ids, mask = encode_prompts(self.tokenizer, prompts)  # each prompt's pass runs once per group
         out = self.model.generate_latent(
@@ -355,7 +340,7 @@ class TokenPolicy:
         self.model.eval()  # no dropout: sampler and learner are the same function
 
     @torch.no_grad()
-    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: torch.Generator,
+    def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: NoiseSource,
                 greedy: bool = False) -> Rollout:
         ids, prompt_mask = encode_prompts(self.tokenizer, prompts, group_size)
         eos, pad = self.tokenizer.eos_token_id, pad_token_id(self.tokenizer)
@@ -376,7 +361,7 @@ class TokenPolicy:
         alive, logprobs = [], []
         for step in range(max_new_tokens):
             scaled = logits.float() / self.temperature
-            token = scaled.argmax(-1) if greedy else _top_k_sample(scaled, self.top_k, generator)
+            token = scaled.argmax(-1) if greedy else sample_top_k(scaled, self.top_k, 1.0, generator)
             logp = torch.log_softmax(scaled, -1).gather(-1, token[:, None]).squeeze(-1)
 
             alive.append(~done)

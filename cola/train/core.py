@@ -13,8 +13,12 @@ rename). A trainer supplies its step and what else its state holds, TRL's "overr
 
 `BatchTrainer` is the trainer of the pretraining-style stages: one batch, one loss, one optimizer step.
 Budgets are optimizer steps, so the same params give the same result, and a run killed mid-way resumes from
-its last checkpoint to the same weights and the same logged numbers as an uninterrupted one. Devices and
-precision go through `accelerate`; this is where multi-process training and gradient accumulation belong.
+its last checkpoint to the same weights and the same logged numbers as an uninterrupted one.
+
+Devices, precision and processes go through `accelerate`: under ``accelerate launch`` every process keeps
+its block of each global batch, gradients are averaged across processes and only the main process logs and
+writes (`cola.train.distributed`), so N processes train the same weights as one. A `BatchTrainer` splits its
+block into micro-batches of ``micro_batch_size`` rows (gradient accumulation to the same global batch).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from tqdm.auto import tqdm
 
 from cola.config import OptimConfig
 from cola.io import atomic_dir
+from cola.model.sampling import BatchRows, NoiseSource
+from cola.train.distributed import Processes
 from cola.train.losses import LossOutput
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -87,14 +93,17 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.keep_final, self.description, self.on_log = keep_final, description, on_log
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.processes = Processes(self.accelerator)
         self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not self.named_params:
             raise ValueError("no trainable parameters: freeze by stage (model.set_stage(...)) "
                              "before training")
         self.params = [p for _, p in self.named_params]
-        optimizer = make_optimizer(self.named_params, cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, cfg))
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # The model is moved, not wrapped: gradients are averaged by `Processes` (see cola.train.distributed).
+        self.model = model.to(self.accelerator.device)
+        self.optimizer = make_optimizer(self.named_params, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda s: cosine_with_warmup(s, cfg))
         self.global_step = 0
         self.history: list[tuple[int, dict[str, float]]] = []  # every logged window, in order
         self._window: dict[str, list[float]] = {}
@@ -124,8 +133,13 @@ class Trainer:
         """Backward, clip and one optimizer step; returns the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
+        return self.step_optimizer()
+
+    def step_optimizer(self) -> float:
+        """Average the accumulated gradients over processes, clip, step; the norm before clipping."""
+        self.processes.average_gradients(self.params)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf  # inf: measure, never clip
-        grad_norm = self.accelerator.clip_grad_norm_(self.params, max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         self.optimizer.step()
         return float(grad_norm)
 
@@ -165,27 +179,31 @@ class Trainer:
         if self.checkpoint_dir is not None and self.global_step >= self.cfg.steps:
             if self.keep_final:
                 self.save()
-            else:  # done: keep the (DVC-declared) folder, empty
+            elif self.processes.is_main:  # done: keep the (DVC-declared) folder, empty
                 shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
                 self.checkpoint_dir.mkdir(parents=True)
+            self.processes.barrier()
         return dict(self.history[-1][1]) if self.history else {}
 
     def advance(self) -> dict[str, float]:
-        """One step of the loop without its logging: `training_step`, then the schedule moves on."""
-        metrics = {"lr": self.lr, **self.training_step()}
+        """One step of the loop without its logging: `training_step`, then the schedule moves on. The
+        step's metrics are averaged over processes (token counts added up)."""
+        with self.accelerator.autocast():
+            metrics = {"lr": self.lr, **self.training_step()}
+        metrics = self.processes.reduce(metrics, summed=("n_tokens",))
         self.scheduler.step()
         self.global_step += 1
         return metrics
 
     def _emit(self, step: int, metrics: dict[str, float]) -> None:
-        if self.on_log is not None:
+        if self.on_log is not None and self.processes.is_main:
             self.on_log(step, metrics)
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything needed to resume bit-exactly, as (tensors for safetensors, JSON-able metadata)."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.model
         tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters()
                    if p.requires_grad}
         opt = self.optimizer.state_dict()
@@ -202,8 +220,7 @@ class Trainer:
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Restore :meth:`state` into a trainer built with the same model shape and params."""
-        model = self.accelerator.unwrap_model(self.model)
-        current = dict(model.named_parameters())
+        current = dict(self.model.named_parameters())
         state: dict[int, dict[str, torch.Tensor]] = {}
         extra: dict[str, torch.Tensor] = {}
         with torch.no_grad():
@@ -225,11 +242,14 @@ class Trainer:
         self.load_extra_state(extra, meta["extra"])
 
     def save(self) -> None:
-        """Write a checkpoint atomically: the folder is the previous checkpoint or the new one, never half."""
-        tensors, meta = self.state()
-        with atomic_dir(self.checkpoint_dir) as tmp:
-            save_file(tensors, str(tmp / STATE_FILE))
-            (tmp / META_FILE).write_text(json.dumps(meta))
+        """Write a checkpoint atomically: the folder is the previous checkpoint or the new one, never half.
+        The main process writes it (every process holds the same state); the others wait for it."""
+        if self.processes.is_main:
+            tensors, meta = self.state()
+            with atomic_dir(self.checkpoint_dir) as tmp:
+                save_file(tensors, str(tmp / STATE_FILE))
+                (tmp / META_FILE).write_text(json.dumps(meta))
+        self.processes.barrier()
 
     def _resume(self) -> None:
         folder = self.checkpoint_dir
@@ -241,7 +261,8 @@ class Trainer:
             return
         self.load_state(load_file(str(folder / STATE_FILE)), meta)
         done = " (finished)" if self.global_step >= self.cfg.steps else ""
-        print(f"{self.description}: resuming from step {self.global_step}{done}, checkpoint {folder}")
+        if self.processes.is_main:
+            print(f"{self.description}: resuming from step {self.global_step}{done}, checkpoint {folder}")
 
 
 class BatchSource(Protocol):
@@ -252,15 +273,26 @@ class BatchSource(Protocol):
     def __next__(self) -> Batch: ...
 
 
-LossFn = Callable[[Batch, torch.Generator], LossOutput]
+LossFn = Callable[[Batch, NoiseSource], LossOutput]
+
+
+def map_batch(batch: Batch, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+    """`fn` applied to every tensor of a batch (a tensor, or a dict / tuple of tensors)."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {k: map_batch(v, fn) for k, v in batch.items()}
+    return type(batch)(map_batch(v, fn) for v in batch)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
+    return map_batch(batch, lambda t: t.to(device))
+
+
+def count_rows(batch: Batch) -> int:
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return type(batch)(to_device(v, device) for v in batch)
+        return batch.shape[0]
+    return count_rows(batch["input_ids"] if isinstance(batch, dict) else batch[0])
 
 
 def count_tokens(batch: Batch) -> int:
@@ -274,10 +306,14 @@ def count_tokens(batch: Batch) -> int:
 
 
 class BatchTrainer(Trainer):
-    """One batch, one loss, one optimizer step: the trainer of base, latent, BC, FTA and SFT.
+    """One global batch, one loss, one optimizer step: the trainer of base, latent, BC, FTA and SFT.
 
-    `loss_fn(batch, generator)` gets a seeded generator for its own randomness (Gumbel noise), checkpointed
-    with the batch sampler's.
+    `loss_fn(batch, noise)` takes its randomness (Gumbel noise) from `noise`, a `BatchRows` of a seeded
+    generator checkpointed with the batch sampler's, so the draws do not depend on how the batch is split.
+    Each process takes its block of the batch (`cfg.batch_size` is the global batch), in micro-batches of
+    ``cfg.micro_batch_size`` rows (0: all at once) whose losses are averaged by rows: the global batch's
+    mean when the loss is a mean over equally many positions per row (base, latent, BC); SFT and FTA mask
+    prompts, so there a split batch averages per-part token means (a difference within a batch's noise).
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: LossFn, batches: BatchSource, cfg: Any,
@@ -288,11 +324,28 @@ class BatchTrainer(Trainer):
         self.noise = torch.Generator().manual_seed(self.seed + 1)
 
     def training_step(self) -> dict[str, float]:
-        batch = to_device(next(self.batches), self.accelerator.device)
-        out = self.loss_fn(batch, self.noise)
-        self.postfix_keys = self.postfix_keys or tuple(out.metrics)[:1]
-        grad_norm = self.optimize(out.loss)
-        return {**out.metrics, "grad_norm": grad_norm, "n_tokens": count_tokens(batch)}
+        batch = next(self.batches)  # the global batch: every process draws the same one
+        total = count_rows(batch)
+        start, stop = self.processes.rows(total)
+        rows = stop - start
+        micro = getattr(self.cfg, "micro_batch_size", 0) or rows
+        noise_state = self.noise.get_state()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics: dict[str, float] = {}
+        tokens = 0
+        for first in range(start, stop, micro):
+            last = min(first + micro, stop)
+            part = to_device(map_batch(batch, lambda t, a=first, b=last: t[a:b]), self.accelerator.device)
+            self.noise.set_state(noise_state)  # each part takes its rows of the same whole-batch draws
+            out = self.loss_fn(part, BatchRows(self.noise, first, last, total))
+            weight = (last - first) / rows
+            self.accelerator.backward(out.loss * weight)
+            for key, value in out.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + value * weight
+            tokens += count_tokens(part)
+        self.postfix_keys = self.postfix_keys or tuple(metrics)[:1]
+        grad_norm = self.step_optimizer()
+        return {**metrics, "grad_norm": grad_norm, "n_tokens": tokens}
 
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {"data_rng": self.batches.generator.get_state(), "noise_rng": self.noise.get_state()}, {}

@@ -20,6 +20,7 @@ from cola.eval.perplexity import perplexity
 from cola.io import file_digest, fingerprint, read_text_lines
 from cola.model import CoLAForCausalLM
 from cola.model.checkpoint import load_causal_lm, save_hf_folder
+from cola.model.sampling import NoiseSource
 from cola.results import StageResult
 from cola.train.core import BatchTrainer, LogFn
 from cola.train.losses import latent_pretraining_loss
@@ -45,7 +46,7 @@ def run_latent(cfg: LatentConfig, corpus: Path, base_dir: Path, out_dir: Path, *
     train_file = corpus / "train.txt"
     batches = TokenStream(token_stream(train_file, tokenizer), cfg.batch_size, cfg.seq_len, seed=cfg.seed)
 
-    def loss_fn(batch: torch.Tensor, generator: torch.Generator):
+    def loss_fn(batch: torch.Tensor, generator: NoiseSource):
         return latent_pretraining_loss(model, batch, generator=generator,
                                        gumbel_temperature=cfg.gumbel_temperature,
                                        entropy_coef=cfg.entropy_coef)

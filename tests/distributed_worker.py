@@ -1,0 +1,72 @@
+"""Run alone and under `accelerate launch` by tests/test_distributed.py: the latent, BC and GRPO (both
+action spaces) trainers, 4 steps each on micro models; the main process saves each one's logged curve and
+trained weights to OUT/<trainer>.pt.
+
+    python tests/distributed_worker.py OUT full     # 4 steps
+    python tests/distributed_worker.py OUT half     # 2 steps, checkpoint written at step 2 into OUT/ckpt
+    python tests/distributed_worker.py OUT resume CKPT   # resume from CKPT (written by `half`) to step 4
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cola.config import BCConfig, LatentConfig  # noqa: E402
+from cola.data.corpus import TokenStream  # noqa: E402
+from cola.rl.grpo import GRPOTrainer, build_policy  # noqa: E402
+from cola.train.core import BatchTrainer  # noqa: E402
+from cola.train.losses import behaviour_cloning_loss, latent_pretraining_loss  # noqa: E402
+from tests.test_grpo import PROMPTS, config, make_tokenizer, tiny_base, tiny_cola, toy_reward  # noqa: E402
+
+STEPS = 4
+OPTIM = dict(steps=STEPS, lr=1e-2, warmup_steps=1, log_every=1, checkpoint_every=2, batch_size=8, seq_len=12)
+
+
+def trainers(checkpoints: Path | None, micro_batch_size: int):
+    """(name, trainer) for each trainer under test, each from its own fixed start."""
+    tokens = torch.randint(2, 12, (4000,), generator=torch.Generator().manual_seed(0))
+    tokenizer = make_tokenizer()
+
+    def ckpt(name: str) -> Path | None:
+        return checkpoints / name if checkpoints is not None else None
+
+    latent = tiny_cola(0)
+    latent.set_stage("latent")
+    cfg = LatentConfig(**OPTIM, micro_batch_size=micro_batch_size)
+    yield "latent", BatchTrainer(latent, lambda b, noise: latent_pretraining_loss(latent, b, generator=noise),
+                                 TokenStream(tokens, 8, 12, 0), cfg, checkpoint_dir=ckpt("latent"))
+
+    bc = tiny_cola(1)
+    bc.set_stage("bc")
+    cfg = BCConfig(**OPTIM, micro_batch_size=micro_batch_size)
+    yield "bc", BatchTrainer(bc, lambda b, _noise: behaviour_cloning_loss(bc, b),
+                             TokenStream(tokens, 8, 12, 1), cfg, checkpoint_dir=ckpt("bc"))
+
+    for method, model in (("cola", tiny_cola(2)), ("token", tiny_base(3))):
+        cfg = config(steps=STEPS, prompts_per_step=4, group_size=4, log_every=1, checkpoint_every=2)
+        policy = build_policy(model, tokenizer, method, cfg)
+        yield f"grpo-{method}", GRPOTrainer(policy, cfg, PROMPTS, toy_reward, max_new_tokens=3, seed=0,
+                                            checkpoint_dir=ckpt(f"grpo-{method}"))
+
+
+def main(out: Path, mode: str, resume_from: Path | None = None) -> None:
+    torch.set_num_threads(1)
+    checkpoints = resume_from if mode == "resume" else out / "ckpt" if mode == "half" else None
+    # The multi-process full run also accumulates micro-batches of 2 rows (4 per process).
+    micro = 2 if mode == "full" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    for name, trainer in trainers(checkpoints, micro):
+        trainer.train(steps=STEPS // 2 if mode == "half" else None)
+        if trainer.processes.is_main:
+            weights = {n: p.detach().clone() for n, p in trainer.named_params}
+            torch.save({"history": trainer.history, "weights": weights, "world": trainer.processes.world},
+                       out / f"{name}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]) if len(sys.argv) > 3 else None)

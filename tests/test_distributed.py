@@ -1,0 +1,94 @@
+"""Multi-process training equals single-process training: `accelerate launch --num_processes 2` (gloo,
+configs/accelerate/cpu-2proc.yaml) of the latent, BC and GRPO trainers logs the same losses and trains the
+same weights as one process with the same global batch, and a checkpoint written with one process count
+resumes with the other. The trainers run in tests/distributed_worker.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cola.errors import ColaError
+from cola.model.sampling import BatchRows, sample_top_k, uniform
+from cola.train.distributed import Processes
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "distributed_worker.py"
+# Each trainer, with a logged number that moves only when the weights do.
+TRAINERS = {"latent": "latent_loss", "bc": "bc_loss", "grpo-cola": "kl", "grpo-token": "kl"}
+TIMING = ("tokens_per_second", "seconds_")
+
+
+def test_a_slice_of_rows_draws_what_the_whole_batch_draws_for_them() -> None:
+    whole = uniform((6, 3), torch.Generator().manual_seed(4))
+    for start, stop in [(0, 2), (2, 6), (5, 6)]:
+        part = uniform((stop - start, 3), BatchRows(torch.Generator().manual_seed(4), start, stop, 6))
+        assert torch.equal(part, whole[start:stop])
+    logits = torch.randn(6, 9, generator=torch.Generator().manual_seed(0))
+    together = sample_top_k(logits, 4, 0.7, torch.Generator().manual_seed(1))
+    apart = torch.cat([sample_top_k(logits[a:b], 4, 0.7, BatchRows(torch.Generator().manual_seed(1), a, b, 6))
+                       for a, b in [(0, 3), (3, 6)]])
+    assert torch.equal(together, apart)
+    with pytest.raises(ValueError, match="3 rows of noise from a slice of 2"):
+        uniform((3, 1), BatchRows(torch.Generator(), 0, 2, 6))
+
+
+def test_a_batch_that_does_not_split_evenly_is_a_clear_error() -> None:
+    second_of_two = Processes(SimpleNamespace(process_index=1, num_processes=2, is_main_process=False))
+    assert second_of_two.rows(8) == (4, 8)
+    with pytest.raises(ColaError, match="a batch of 7 rows cannot be split evenly over 2 processes"):
+        second_of_two.rows(7)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_worker(out: Path, mode: str, *extra: str, processes: int = 1) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if processes == 1:
+        command = [sys.executable, str(WORKER)]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", str(processes),
+                   "--main_process_port", str(free_port()), str(WORKER)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, str(out), mode, *extra], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def assert_same_training(one: Path, other: Path) -> None:
+    for name in TRAINERS:
+        a, b = torch.load(one / f"{name}.pt"), torch.load(other / f"{name}.pt")
+        assert [step for step, _ in a["history"]] == [step for step, _ in b["history"]] == [1, 2, 3, 4]
+        for (step, logged), (_, other_logged) in zip(a["history"], b["history"], strict=True):
+            keys = {k for k in logged if not k.startswith(TIMING)}
+            assert keys == {k for k in other_logged if not k.startswith(TIMING)}, (name, step)
+            for key in keys:
+                assert other_logged[key] == pytest.approx(logged[key], abs=1e-5), (name, step, key)
+        for key, weight in a["weights"].items():
+            torch.testing.assert_close(b["weights"][key], weight, atol=1e-4, rtol=1e-4, msg=f"{name} {key}")
+        moving = [logged[TRAINERS[name]] for _, logged in a["history"]]
+        assert len(set(moving)) > 1, f"{name} did not train"
+
+
+def test_two_processes_train_like_one_and_resume_across_process_counts(tmp_path) -> None:
+    run_worker(tmp_path / "one", "full")
+    run_worker(tmp_path / "two", "full", processes=2)  # 4 rows a process, in micro-batches of 2
+    assert {torch.load(tmp_path / "two" / f"{n}.pt")["world"] for n in TRAINERS} == {2}
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+
+    # Two processes stop at step 2 (their checkpoint is the one left), one process finishes the run.
+    run_worker(tmp_path / "half", "half", processes=2)
+    run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"))
+    assert_same_training(tmp_path / "one", tmp_path / "resumed")
