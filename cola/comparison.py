@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cola.io import is_main_process
+
 __all__ = ["METHODS", "RL_TASKS", "RUN_INFO", "START_MODELS", "Row", "aggregate", "model_variants", "rows",
            "seed_key", "seed_values", "spread", "values_by_seed", "write_run_info"]
 
@@ -151,7 +153,9 @@ def spread(values: Sequence[float], kind: str = "sd") -> float:
 
 
 def write_run_info(model_dir: str | Path, **info: Any) -> None:
-    """Record where an RL model came from (method, task, seed, start) in its folder."""
+    """Record where an RL model came from (method, task, seed, start) in its folder (main process only)."""
+    if not is_main_process():
+        return
     (Path(model_dir) / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 

@@ -32,6 +32,12 @@ class WriteError(ColaError):
     """An output could not be written (disk full, permissions); the previous version, if any, is kept."""
 
 
+def is_main_process() -> bool:
+    """False in the worker processes of a multi-process run (torchrun / accelerate set ``RANK``): only the
+    main process writes models and files."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _write_failed(target: Path, exc: OSError, kept: bool) -> WriteError:
     reason = exc.strerror or type(exc).__name__
     previous = "the previous version is kept" if kept else "nothing was written"

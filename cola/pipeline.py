@@ -16,21 +16,26 @@ stage with one line, in well under a second, before torch or MLflow is imported,
 opens the stage's MLflow run (`cola.tracking.StageRun`), calls `main`, and on success writes the stage's two
 metrics files: ``--metrics`` (every number it measured) and ``--headline`` (its headline numbers,
 `cola.tracking.headline`: the DVC metrics file, so ``dvc exp show`` fits a screen). Every stage takes both.
+
+A training stage (``run_stage(..., launchable=True)``) whose ``launch`` params ask for several processes
+re-runs itself under ``accelerate launch`` (`launch_command`); the worker processes train with the main one
+but track and write nothing (`cola.train.distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cola.config import PipelineParams, flatten, load_stage_config
-from cola.errors import cli_main
-from cola.io import atomic_write_json
+from cola.config import LaunchConfig, PipelineParams, flatten, load_stage_config
+from cola.errors import ColaError, cli_main
+from cola.io import atomic_write_json, is_main_process
 from cola.results import StageResult
 
 METRICS_PATHS = ("metrics", "headline")  # every stage writes both (StageRun), so no stage lists them
@@ -44,15 +49,18 @@ class StageContext:
     cfg: Any
     params: PipelineParams
     args: argparse.Namespace
-    run: Any  # cola.tracking.StageRun
+    run: Any  # cola.tracking.StageRun; None in the worker processes of a multi-process stage
 
     def on_log(self, step: int, metrics: dict[str, Any]) -> None:
         """Step metrics from a trainer, to the tracking run."""
-        self.run.log_metrics(metrics, step)
+        if self.run is not None:
+            self.run.log_metrics(metrics, step)
 
     def finish(self, result: StageResult, figures: Mapping[str, Path] | None = None,
                records: Mapping[str, Path] | None = None) -> None:
         """Save each named figure / record to its DVC path and log everything to the run; metrics last."""
+        if self.run is None:  # a worker process: the main one writes
+            return
         from cola.plots import plt
         from cola.tracking.models import registered_name
 
@@ -88,20 +96,52 @@ def stage_parser(name: str, paths: Sequence[str],
 
 
 def run_stage(name: str, main: Callable[[StageContext], None], *, paths: Sequence[str],
-              choices: Mapping[str, Sequence[str]] | None = None, argv: Sequence[str] | None = None) -> None:
+              choices: Mapping[str, Sequence[str]] | None = None, argv: Sequence[str] | None = None,
+              launchable: bool = False) -> None:
     """Run stage `name`: parse its paths (and ``metrics``, ``headline``), validate params, track, call `main`.
 
     A stage with `choices` (the ``rl@<method>-<task>`` entries) is tracked as ``name@<values joined by ->``
-    with each choice as a tag. User errors exit with one ``error:`` line and code 2 (`cola.errors.cli_main`).
+    with each choice as a tag. A `launchable` stage (one that trains through `cola.train.core`) runs under
+    ``accelerate launch`` when the ``launch`` params ask for several processes. User errors exit with one
+    ``error:`` line and code 2 (`cola.errors.cli_main`).
     """
-    cli_main(_run, name, main, paths, choices or {}, argv)
+    cli_main(_run, name, main, paths, choices or {}, argv, launchable)
+
+
+def launch_command(launch: LaunchConfig, script: str, argv: Sequence[str]) -> list[str]:
+    """``python -m accelerate.commands.launch <the launch params> <script> <argv>``."""
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines),
+               "--machine_rank", str(launch.machine_rank), "--mixed_precision", launch.mixed_precision,
+               "--main_process_port", str(launch.main_process_port)]
+    if launch.main_process_ip:
+        command += ["--main_process_ip", launch.main_process_ip]
+    if launch.config_file:
+        if not Path(launch.config_file).is_file():
+            raise ColaError(f"launch.config_file: no such file {launch.config_file!r} "
+                            "(see configs/accelerate/)")
+        command += ["--config_file", launch.config_file]
+    else:  # torchrun's launcher: GPUs with NCCL, or CPU processes with gloo
+        command += ["--multi_gpu"]
+    return [*command, script, *argv]
 
 
 def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
-         choices: Mapping[str, Sequence[str]], argv: Sequence[str] | None) -> None:
+         choices: Mapping[str, Sequence[str]], argv: Sequence[str] | None, launchable: bool) -> None:
     paths = [*paths, *METRICS_PATHS]
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = stage_parser(name, paths, choices).parse_args(argv)
     cfg, params = load_stage_config(name)
+    # Read by every Accelerator the trainers create, with one process or many.
+    os.environ.setdefault("ACCELERATE_MIXED_PRECISION", params.launch.mixed_precision)
+    if launchable and params.launch.distributed and "LOCAL_RANK" not in os.environ:
+        command = launch_command(params.launch, sys.argv[0], argv)
+        print(f"{name}: launching {params.launch.num_processes} processes: {' '.join(command[1:])}",
+              flush=True)
+        os.execv(command[0], command)  # the launcher takes this process's place (DVC waits on it)
+    if not is_main_process():  # a worker: trains with the main process, which tracks and writes
+        main(StageContext(name, cfg, params, args, run=None))
+        return
     from cola.tracking import StageRun  # after validation: MLflow's import costs seconds
 
     key = "-".join(getattr(args, option) for option in choices)

@@ -12,4 +12,5 @@ def main(stage: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("base", main, paths=["corpus", "out", "checkpoints", "loss_plot", "loss_curve"])
+    run_stage("base", main, paths=["corpus", "out", "checkpoints", "loss_plot", "loss_curve"],
+              launchable=True)

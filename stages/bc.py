@@ -13,4 +13,5 @@ def main(stage: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("bc", main, paths=["corpus", "latent", "out", "checkpoints", "loss_plot", "loss_curve"])
+    run_stage("bc", main, paths=["corpus", "latent", "out", "checkpoints", "loss_plot", "loss_curve"],
+              launchable=True)

@@ -15,4 +15,5 @@ def main(stage: StageContext) -> None:
 
 if __name__ == "__main__":
     run_stage("latent", main,
-              paths=["corpus", "base", "out", "checkpoints", "loss_plot", "loss_curve", "usage_plot"])
+              paths=["corpus", "base", "out", "checkpoints", "loss_plot", "loss_curve", "usage_plot"],
+              launchable=True)

@@ -15,4 +15,4 @@ def main(stage: StageContext) -> None:
 
 if __name__ == "__main__":
     run_stage("rl", main, choices={"method": METHODS, "task": list(RL_TASKS)},
-              paths=["tasks", "start", "out", "checkpoints", "curves", "curves_plot"])
+              paths=["tasks", "start", "out", "checkpoints", "curves", "curves_plot"], launchable=True)

@@ -13,4 +13,5 @@ def main(stage: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("sft", main, paths=["tasks", "start", "out", "checkpoints", "loss_plot", "loss_curve"])
+    run_stage("sft", main, paths=["tasks", "start", "out", "checkpoints", "loss_plot", "loss_curve"],
+              launchable=True)

@@ -92,3 +92,20 @@ def test_two_processes_train_like_one_and_resume_across_process_counts(tmp_path)
     run_worker(tmp_path / "half", "half", processes=2)
     run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"))
     assert_same_training(tmp_path / "one", tmp_path / "resumed")
+
+
+def test_the_launch_params_become_an_accelerate_command() -> None:
+    from cola.config import LaunchConfig
+    from cola.pipeline import launch_command
+
+    command = launch_command(LaunchConfig(num_processes=8, precision="bf16",
+                                          config_file="configs/accelerate/cpu-2proc.yaml"),
+                             "stages/bc.py", ["--out", "models/bc"])
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    flags = dict(zip(command[3:-3:2], command[4:-3:2], strict=True))
+    assert flags == {"--num_processes": "8", "--num_machines": "1", "--machine_rank": "0",
+                     "--main_process_port": "29500", "--mixed_precision": "bf16",
+                     "--config_file": "configs/accelerate/cpu-2proc.yaml"}
+    assert command[-3:] == ["stages/bc.py", "--out", "models/bc"]
+    with pytest.raises(ColaError, match="launch.config_file: no such file 'configs/accelerate/nope.yaml'"):
+        launch_command(LaunchConfig(num_processes=2, config_file="configs/accelerate/nope.yaml"), "s.py", [])

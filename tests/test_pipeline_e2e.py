@@ -282,3 +282,44 @@ def test_invalid_params_stop_the_stage_and_change_nothing(project):
         lines = [line for line in result.stderr.strip().splitlines() if line]
         assert len(lines) == 1 and message in lines[0], result.stderr
     assert {p: p.read_bytes() for p in (root / "metrics").glob("*.json")} == before
+
+
+def test_a_training_stage_launched_on_two_processes_matches_its_single_process_run(project, tmp_path):
+    """`launch.num_processes: 2` (configs/accelerate/cpu-2proc.yaml) makes the `bc` stage re-run itself under
+    `accelerate launch`; it writes the same model (within float tolerance) and metrics as the DAG's
+    single-process run, once (the worker process writes nothing)."""
+    import socket
+
+    from safetensors.torch import load_file
+
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())  # the params models/bc was trained with
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params["launch"].update(num_processes=2, config_file="configs/accelerate/cpu-2proc.yaml",
+                            main_process_port=port)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = tmp_path / "out"
+    paths = {"corpus": root / "data" / "corpus", "latent": root / "models" / "latent", "out": out / "bc",
+             "checkpoints": out / "checkpoints", "loss-plot": out / "loss.png",
+             "loss-curve": out / "loss.json", "metrics": out / "metrics.json",
+             "headline": out / "headline.json"}
+    args = [arg for name, path in paths.items() for arg in (f"--{name}", str(path))]
+    done = run([sys.executable, "stages/bc.py", *args], root,
+               {**env, "COLA_PARAMS": str(tmp_path / "params.yaml"), "COLA_TRACKING": "off"})
+    assert "launching 2 processes" in done.stdout
+    launched = load_file(str(out / "bc" / "model.safetensors"))
+    single = load_file(str(root / "models" / "bc" / "model.safetensors"))
+    assert launched.keys() == single.keys()
+    for key, weight in single.items():
+        torch_close(launched[key], weight, key)
+    ours, dags = (json.loads(p.read_text()) for p in (paths["metrics"], root / "metrics" / "bc.json"))
+    for key in ("bc_top1", "marginal_over_base", "wm_loss_policy_marginal"):
+        assert ours[key] == pytest.approx(dags[key], abs=1e-4), key
+
+
+def torch_close(a, b, name: str) -> None:
+    import torch
+
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)

@@ -20,6 +20,7 @@ from cola.config.data import PrepareConfig
 from cola.config.describe import flatten, help_table, missing_help
 from cola.config.evaluation import EvalConfig, EvaluateConfig, ReportConfig, RLEvalConfig
 from cola.config.fields import override, param
+from cola.config.launch import LaunchConfig
 from cola.config.rl import RLConfig, RLTaskConfig, RLTasks
 from cola.config.search import MctsConfig, QLearnConfig, SearchConfig
 from cola.config.tracking import TrackingConfig
@@ -39,7 +40,7 @@ from cola.config.validation import from_dict, load_params, load_section
 from cola.errors import ParamsError
 
 __all__ = [
-    "BCConfig", "BaseConfig", "CoLAArchitecture", "EvalConfig", "EvaluateConfig", "FTAConfig",
+    "BCConfig", "BaseConfig", "CoLAArchitecture", "EvalConfig", "EvaluateConfig", "FTAConfig", "LaunchConfig",
     "LatentConfig", "MctsConfig", "OptimConfig", "ParamsError", "PipelineParams", "PrepareConfig",
     "QLearnConfig", "RLConfig", "RLEvalConfig", "RLTaskConfig", "RLTasks", "ReportConfig", "RuntimeConfig",
     "SFTConfig", "SearchConfig", "TinyBaseConfig", "TrackingConfig", "TrainConfig", "flatten", "from_dict",
@@ -72,6 +73,8 @@ class PipelineParams:
                                                  "model (CoLA and token, per task).")
     mcts: MctsConfig = param(MctsConfig(), "MCTS-Q for CoLA and the token baseline against best-of-n at the "
                                            "same budget.")
+    launch: LaunchConfig = param(LaunchConfig(), "Processes and machines of the training stages (not a "
+                                                 "stage: accelerate launch settings).")
     tracking: TrackingConfig = param(TrackingConfig(), "What MLflow keeps of the models (not a stage: "
                                                        "changing it re-runs nothing).")
 

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig
 
 from cola.errors import ColaError
-from cola.io import atomic_dir
+from cola.io import atomic_dir, is_main_process
 from cola.model.modeling_cola import CoLAForCausalLM
 
 
@@ -174,7 +174,10 @@ def load_model_and_tokenizer(path: str | Path, **kwargs):
 
 
 def save_hf_folder(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save model (safetensors) + tokenizer as a plain HF folder, atomically (temp folder, then rename)."""
+    """Save model (safetensors) + tokenizer as a plain HF folder, atomically (temp folder, then rename).
+    In a multi-process run only the main process writes (every process holds the same weights)."""
+    if not is_main_process():
+        return Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
