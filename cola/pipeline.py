@@ -109,10 +109,14 @@ def run_stage(name: str, main: Callable[[StageContext], None], *, paths: Sequenc
 
 
 def launch_command(launch: LaunchConfig, script: str, argv: Sequence[str]) -> list[str]:
-    """``python -m accelerate.commands.launch <the launch params> <script> <argv>``."""
+    """``python -m accelerate.commands.launch <the launch params> <script> <argv>``.
+
+    ``COLA_MACHINE_RANK`` (e.g. ``$SLURM_NODEID``) overrides ``launch.machine_rank``: every machine reads the
+    same params.yaml, but each has its own rank."""
+    rank = os.environ.get("COLA_MACHINE_RANK", str(launch.machine_rank))
     command = [sys.executable, "-m", "accelerate.commands.launch",
                "--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines),
-               "--machine_rank", str(launch.machine_rank), "--mixed_precision", launch.mixed_precision,
+               "--machine_rank", rank, "--mixed_precision", launch.mixed_precision,
                "--main_process_port", str(launch.main_process_port)]
     if launch.main_process_ip:
         command += ["--main_process_ip", launch.main_process_ip]
