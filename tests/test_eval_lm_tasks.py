@@ -7,6 +7,7 @@ tmp_path, a throwaway SQLite MLflow store; all offline.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -229,8 +230,8 @@ def test_procedural_task_through_lm_eval(assets: dict, tmp_path: Path) -> None:
 
 
 def test_hub_math500_offline_error(assets: dict) -> None:
-    lm_tasks._hub_math500_error.cache_clear()
-    if lm_tasks._hub_math500_error() is None:
+    lm_tasks.hub_math500_error.cache_clear()
+    if lm_tasks.hub_math500_error() is None:
         pytest.skip("HuggingFaceH4/MATH-500 is in the local HF cache")
     line = _one_line_error(_eval(assets, "cola", "--task", "math500"))
     assert "not in the HF cache" in line and "pass --math500-path FILE to use a local JSONL" in line
@@ -247,3 +248,33 @@ def test_errors_are_one_line_and_come_before_loading(assets: dict, tmp_path: Pat
     # the model folder is checked first: a path test, before torch or lm-eval is imported
     result = runner.invoke(app, ["eval", str(tmp_path / "no-model"), "--task", "math500_local"])
     assert "no such model folder" in _one_line_error(result)
+
+
+def test_the_math500_stage_scores_every_model_of_the_comparison(assets: dict, math500_file: Path,
+                                                                  tmp_path: Path) -> None:
+    """`run_math500` on a models folder laid out as the DAG's (plain LMs for base/SFT/token RL, CoLA for the
+    rest): one greedy lm-eval run per model on the given JSONL, per-problem records, accuracy ± SE; off, it
+    records that it did not run; unreadable data is one line before any model loads."""
+    from cola.comparison import rows
+    from cola.config import Math500Config
+    from cola.errors import ColaError
+    from cola.eval.math500 import run_math500
+
+    models = tmp_path / "models"
+    for row in rows():
+        kind = "base" if row.name in ("base", "sft") or row.method == "token" else "cola"
+        shutil.copytree(assets["root"] / kind, models / row.folder)
+    cfg = Math500Config(enabled=True, source=str(math500_file), limit=2, max_new_tokens=6, threads=1)
+    metrics = run_math500(cfg, models, tmp_path / "out").metrics
+    assert metrics["enabled"] == 1
+    for row in rows():
+        assert metrics[f"{row.name}/math500_n"] == 2, row.name
+        assert 0 <= metrics[f"{row.name}/math500_acc"] <= 1 and metrics[f"{row.name}/math500_se"] >= 0
+        records = json.loads((tmp_path / "out" / f"{row.name}.json").read_text())["records"]
+        assert [r["problem"] for r in records] == [json.loads(line)["problem"]
+                                                   for line in math500_file.read_text().splitlines()[:2]]
+
+    assert run_math500(Math500Config(), models, tmp_path / "off").metrics == {"enabled": 0}
+    with pytest.raises(ColaError, match=r"^math500.source: no such file '/no/such.jsonl'; point math500"):
+        run_math500(Math500Config(enabled=True, source="/no/such.jsonl"), models, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -126,7 +126,7 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     the report."""
     root, env = project
     run(["dvc", "repro"], root, env)
-    stages = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft", "rl_eval", "report")
+    stages = ("prepare", "base", "latent", "bc", "evaluate", "fta", "sft", "rl_eval", "math500", "report")
     stage_metrics = [f"{stage}.json" for stage in stages]
     stage_metrics += [f"{kind}/{run_}.json" for run_ in RL_RUNS for kind in ("rl", "qlearn")]
     stage_metrics += [f"mcts/{task}.json" for task in ("math", "countdown")]
@@ -157,6 +157,7 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     assert {"cola_mcts_minus_bon_oracle/math", "token_mcts_minus_bon_oracle/countdown"} <= set(headline)
     assert json.loads((root / "metrics" / "headline" / "report.json").read_text()).keys() >= {
         "cola_mcts_minus_bon_oracle/math", "cola_mcts_minus_bon_oracle/countdown"}
+    assert "Off in this profile (`math500.enabled: false`)" in report.split("## 8. MATH-500")[1]
     budget = json.loads((root / "plots" / "mcts" / "math.json").read_text())
     assert [row["rounds"] for row in budget] == [1, 2] and "cola_bon_oracle_passes" in budget[0]
 
@@ -169,7 +170,7 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     exp = run(["dvc", "exp", "run", "-S", "rl.lr=1e-6"], root, env)
     # the Q-networks learn from the RL models, and the search runs on both
     rerun = {*[f"{stage}@{r}" for r in RL_RUNS for stage in ("rl", "qlearn")], "mcts@math", "mcts@countdown",
-             "rl_eval", "report"}
+             "rl_eval", "math500", "report"}
     assert ran_stages(exp.stdout) == rerun, exp.stdout
     reused = json.loads((root / "metrics" / "rl_eval.json").read_text())
     assert {m for m in MODELS if reused[f"{m}/reused"]} == {"base", "sft", "bc", "fta"}

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from cola.config.data import PrepareConfig
 from cola.config.describe import flatten, help_table, missing_help
-from cola.config.evaluation import EvalConfig, EvaluateConfig, ReportConfig, RLEvalConfig
+from cola.config.evaluation import EvalConfig, EvaluateConfig, Math500Config, ReportConfig, RLEvalConfig
 from cola.config.fields import override, param
 from cola.config.launch import LaunchConfig
 from cola.config.rl import RLConfig, RLTaskConfig, RLTasks
@@ -41,11 +41,11 @@ from cola.errors import ParamsError
 
 __all__ = [
     "BCConfig", "BaseConfig", "CoLAArchitecture", "EvalConfig", "EvaluateConfig", "FTAConfig", "LaunchConfig",
-    "LatentConfig", "MctsConfig", "OptimConfig", "ParamsError", "PipelineParams", "PrepareConfig",
-    "QLearnConfig", "RLConfig", "RLEvalConfig", "RLTaskConfig", "RLTasks", "ReportConfig", "RuntimeConfig",
-    "SFTConfig", "SearchConfig", "TinyBaseConfig", "TrackingConfig", "TrainConfig", "flatten", "from_dict",
-    "help_table", "load_params", "load_pipeline_params", "load_section", "load_stage_config", "missing_help",
-    "override", "param", "params_path",
+    "LatentConfig", "Math500Config", "MctsConfig", "OptimConfig", "ParamsError", "PipelineParams",
+    "PrepareConfig", "QLearnConfig", "RLConfig", "RLEvalConfig", "RLTaskConfig", "RLTasks", "ReportConfig",
+    "RuntimeConfig", "SFTConfig", "SearchConfig", "TinyBaseConfig", "TrackingConfig", "TrainConfig",
+    "flatten", "from_dict", "help_table", "load_params", "load_pipeline_params", "load_section",
+    "load_stage_config", "missing_help", "override", "param", "params_path",
 ]
 
 PROFILES = ("tiny", "smoke", "smollm2-135m", "llama-3.1-8b")
@@ -68,6 +68,7 @@ class PipelineParams:
                                         "(token RL's start).")
     rl: RLConfig = param(RLConfig(), "GRPO, shared by every rl@<method>-<task> entry (latent and token).")
     rl_eval: RLEvalConfig = param(RLEvalConfig(), "Evaluation of every model of the RL comparison.")
+    math500: Math500Config = param(Math500Config(), "MATH-500 accuracy of every model of the comparison.")
     report: ReportConfig = param(ReportConfig(), "The comparison report.")
     qlearn: QLearnConfig = param(QLearnConfig(), "MCTS-Q's Q-networks: double DQN on rollouts of each RL "
                                                  "model (CoLA and token, per task).")

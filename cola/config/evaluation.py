@@ -1,4 +1,4 @@
-"""Params sections of the evaluation stages (``evaluate``, ``rl_eval``) and the ``report``."""
+"""Params sections of the evaluation stages (``evaluate``, ``rl_eval``, ``math500``) and the ``report``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,30 @@ class RLEvalConfig(EvalConfig):
     limit: int = override(EvalConfig, "limit", 300)
     max_new_tokens: int = override(EvalConfig, "max_new_tokens", 0)
     perplexity_tokens: int = override(EvalConfig, "perplexity_tokens", 4096)
+
+
+#: The hub dataset `math500.source` names by default (cola.eval.lm_tasks reads it through lm-eval).
+MATH500_HUB = "HuggingFaceH4/MATH-500"
+
+
+@dataclass
+class Math500Config(RuntimeConfig):
+    """The ``math500`` section: MATH-500 accuracy of every model of the comparison, through the same
+    lm-eval task, prompt and grader as ``cola eval --task math500``.
+
+    Off at the ``tiny`` scale: a 1.25M-parameter model trained on procedural arithmetic solves none of
+    these competition problems, and 500 answers of 1024 tokens per model would dominate the CPU DAG. The
+    profiles with a pretrained LLM (smollm2-135m, llama-3.1-8b) turn it on.
+    """
+
+    enabled: bool = param(False, "Evaluate MATH-500 (the stage still runs when off: it records why not).")
+    source: str = param(MATH500_HUB, f"{MATH500_HUB} (the hub, or its HF cache when offline) or the path of "
+                                     "a local JSONL with its fields (problem, answer).")
+    limit: int = param(0, "The first N problems; 0 = all 500.", min=0)
+    max_new_tokens: int = param(1024, "Generation budget per answer (the lm-eval task's default).", min=1)
+    batch_size: int = param(16, "MATH-500 problems per generation batch.", min=1)
+    models: list[str] = param([], "Which models of the comparison (base, sft, bc, fta, token-math, "
+                                  "cola-math, ...); [] = all of them.")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from cola.config.evaluation import MATH500_HUB
 from cola.eval.context import EvalContext, EvalError
 from cola.eval.lm_models import build_lm, quiet
 from cola.eval.scoring import describe_sampling, score_samples
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 #: The task YAMLs of a source checkout (the same folder as `cola.eval.lm_eval_model.EVALS_DIR`, computed here
 #: without importing torch and lm-eval, which `cola eval --help` and task-name checks must not pay for).
 EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
-HUB_DATASET = "HuggingFaceH4/MATH-500"
+HUB_DATASET = MATH500_HUB
 #: `cola eval` names of the MATH-500 tasks → lm-eval task names.
 MATH500_TASKS = {"math500": "cola_math500", "math500_local": "cola_math500_local"}
 _MATH500_LM_TASKS = frozenset(MATH500_TASKS.values())
@@ -133,7 +134,7 @@ def _offline() -> bool:
 
 
 @functools.cache
-def _hub_math500_error() -> str | None:
+def hub_math500_error() -> str | None:
     """None when `HUB_DATASET` loads (from the HF cache when offline), else the one-line reason why not."""
     import datasets
 
@@ -170,7 +171,7 @@ def check(name: str, ctx: EvalContext) -> None:
         if not Path(path).expanduser().is_file():
             raise EvalError(f"{path}: no such MATH-500 JSONL file (--math500-path)")
     elif lm_name == "cola_math500":
-        error = _hub_math500_error()
+        error = hub_math500_error()
         if error:
             raise EvalError(error)
     for leaf in _leaf_tasks(lm_name):

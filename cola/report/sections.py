@@ -201,7 +201,8 @@ def wall_clock(inputs: ReportInputs) -> Section:
     """6. Wall-clock: each stage's own work, and its whole process (imports and MLflow set-up included)."""
     files = [(name, inputs.stage_metrics_dir / f"{name}.json") for name in PIPELINE_STAGES]
     files += [(f"rl@{row.name}", inputs.rl_metrics_dir / f"{row.name}.json") for row in inputs.rl_rows]
-    files += [("rl_eval", inputs.stage_metrics_dir / "rl_eval.json")]
+    files += [("rl_eval", inputs.stage_metrics_dir / "rl_eval.json"),
+              ("math500", inputs.stage_metrics_dir / "math500.json")]
     files += [(f"qlearn@{row.name}", inputs.stage_metrics_dir / "qlearn" / f"{row.name}.json")
               for row in inputs.rl_rows]
     files += [(f"mcts@{task}", inputs.stage_metrics_dir / "mcts" / f"{task}.json") for task in RL_TASKS]
@@ -262,6 +263,35 @@ def search(inputs: ReportInputs) -> Section:
         "forward passes, so a search row beats its best-of-n row only if searching beats sampling more. "
         "The budget curves are `plots/mcts/<task>.png` (`dvc plots show`).\n")
     return _section(*parts, metrics=headline)
+
+
+def math500(inputs: ReportInputs) -> Section:
+    """8. MATH-500 accuracy of every model (the `math500` stage), or why it was not measured."""
+    m = _read_json(inputs.stage_metrics_dir / "math500.json")
+    title = "## 8. MATH-500\n"
+    if not m:
+        return _section(title, "Not run (`dvc repro math500`).\n")
+    if not m.get("enabled"):
+        return _section(title, "Off in this profile (`math500.enabled: false`): MATH-500's competition "
+                        "problems need a pretrained LLM; a model of the tiny profile's size, trained on "
+                        "procedural arithmetic, solves none of them. The smollm2-135m and llama-3.1-8b "
+                        "profiles turn it on (`math500.source`: the hub dataset or a local JSONL).\n")
+    body, headline = [], {}
+    for row in inputs.table_rows:
+        acc, se = m.get(f"{row.name}/math500_acc"), m.get(f"{row.name}/math500_se")
+        if acc is None:
+            continue
+        spread = m.get(f"{row.name}/math500_acc_sd")
+        seeds = f" (sd over seeds {100 * spread:.1f})" if spread is not None else ""
+        n = _num(m.get(f"{row.name}/math500_n"), 0)
+        body.append([row.label, f"{100 * acc:.1f} ± {100 * se:.1f}{seeds}", n])
+    for task in RL_TASKS:
+        cola, token = m.get(f"cola-{task}/math500_acc"), m.get(f"token-{task}/math500_acc")
+        if cola is not None and token is not None:
+            headline[f"cola_minus_token_math500/{task}"] = cola - token
+    return _section(title, _table(["model", "accuracy % ± SE", "problems"], body) + "\n",
+                    "Greedy answers graded as `cola eval --task math500` does (the same lm-eval task, prompt "
+                    "and grader).\n", metrics=headline)
 
 
 def plots(names: Iterable[str]) -> Section:

@@ -22,6 +22,7 @@ HEADLINE = (
     "report/cola_over_token_threshold_seconds/*",  # "half the compute"
     "report/*/delta_*_acc",                        # each RL run's task gain and retention
     "report/cola_mcts_minus_bon_oracle/*",         # does MCTS-Q beat sampling more at the same budget?
+    "report/cola_minus_token_math500/*",           # the paper's headline benchmark (profiles with an LLM)
 )
 
 
