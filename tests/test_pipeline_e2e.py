@@ -50,7 +50,7 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 def make_project(root: Path, params: dict) -> dict:
     """A git + DVC project at `root` with this checkout's code and `params`; returns the env to run it in."""
-    for name in ("cola", "stages", "configs"):
+    for name in ("cola", "stages", "configs", "evals"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
