@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from flops import flop_ideal
 from results_io import (  # bench/ is the script's directory, so first on sys.path
     parse_bench_args,
     write_result,
@@ -27,23 +28,10 @@ from shapes import SIZES
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from cola.config import load_stage_config
-from cola.model import CoLAForCausalLM
 from cola.train.latent import cola_from_base
 
 VOCAB = 1024
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def matmul_params(module: torch.nn.Module) -> int:
-    """Parameters used as matmul weights per token (embedding lookups and norms excluded)."""
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
-
-
-def flop_ideal(model: CoLAForCausalLM) -> tuple[float, dict[str, int]]:
-    base = matmul_params(model.base)  # decoder blocks + LM head
-    added = {"policy": matmul_params(model.policy) + model.policy_head.weight.numel(),
-             "merge": matmul_params(model.merge_blocks)}
-    return base / (base + sum(added.values())), {"base": base, **added}
 
 
 def timed(fn, repeats: int) -> list[float]:

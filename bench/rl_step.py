@@ -61,6 +61,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flops import matmul_params  # noqa: E402  (bench/ is the script's directory, so first on sys.path)
 from shapes import SIZES  # noqa: E402  (bench/ is the script's directory, so first on sys.path)
 
 from cola.base.tiny import tiny_llama_config  # noqa: E402
@@ -284,11 +285,6 @@ def memory_in_subprocess(method: str, args) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ report
-
-
-def matmul_params(module: torch.nn.Module) -> int:
-    """Parameters used as matmul weights per position (embedding lookups and norms excluded)."""
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
 def flop_reference(base: torch.nn.Module, cola: torch.nn.Module) -> dict[str, float]:

@@ -42,7 +42,10 @@ def uniform(shape: tuple[int, ...], source: NoiseSource, device: torch.device | 
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """U[0, 1) numbers of `shape`; with a `BatchRows` source, `shape[0]` must be its row count."""
     if not isinstance(source, BatchRows):
-        return torch.rand(shape, generator=source, device=device, dtype=dtype)
+        if source is None:
+            return torch.rand(shape, device=device, dtype=dtype)
+        # Drawn where the generator lives (a seeded CPU stream), then moved: the same numbers on any device.
+        return torch.rand(shape, generator=source, dtype=dtype, device=source.device).to(device)
     rows = source.stop - source.start
     if shape[0] != rows:
         raise ValueError(f"asked for {shape[0]} rows of noise from a slice of {rows}")

@@ -123,7 +123,7 @@ class GRPOTrainer(Trainer):
         """(B,) rewards; row b is sample b % G of prompt b // G."""
         g = self.cfg.group_size
         return torch.tensor([self.reward_fn(c, examples[b // g]) for b, c in enumerate(rollout.completions)],
-                            dtype=torch.float32)
+                            dtype=torch.float32, device=rollout.response_mask.device)
 
     def greedy_rewards(self, examples: list[Example]) -> Tensor | None:
         """ReMax's baseline: the reward of the policy's greedy response to each prompt (None otherwise)."""
@@ -132,7 +132,8 @@ class GRPOTrainer(Trainer):
         greedy = self.policy.rollout([ex["prompt"] for ex in examples], 1, self.max_new_tokens, None,
                                      greedy=True)
         pairs = zip(greedy.completions, examples, strict=True)
-        return torch.tensor([self.reward_fn(c, ex) for c, ex in pairs], dtype=torch.float32)
+        return torch.tensor([self.reward_fn(c, ex) for c, ex in pairs], dtype=torch.float32,
+                            device=greedy.response_mask.device)
 
     def advantages(self, rewards: Tensor, rollout: Rollout, ref_logp: Tensor,
                    greedy_rewards: Tensor | None = None) -> Tensor:

@@ -251,6 +251,7 @@ class LatentActionPolicy:
     def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: NoiseSource,
                 greedy: bool = False) -> Rollout:
         ids, mask = encode_prompts(self.tokenizer, prompts)  # each prompt's pass runs once per group
+        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         out = self.model.generate_latent(
             ids, mask, max_new_tokens=max_new_tokens, action_mode="greedy" if greedy else "sample",
             action_top_k=self.top_k,
@@ -343,6 +344,7 @@ class TokenPolicy:
     def rollout(self, prompts: list[str], group_size: int, max_new_tokens: int, generator: NoiseSource,
                 greedy: bool = False) -> Rollout:
         ids, prompt_mask = encode_prompts(self.tokenizer, prompts, group_size)
+        ids, prompt_mask = ids.to(self.model.device), prompt_mask.to(self.model.device)
         eos, pad = self.tokenizer.eos_token_id, pad_token_id(self.tokenizer)
         batch, prompt_length = ids.shape
         positions = left_padded_positions(prompt_mask)
@@ -356,7 +358,7 @@ class TokenPolicy:
             cache.batch_repeat_interleave(g)
 
         sequences, mask = ids, prompt_mask
-        done = torch.zeros(batch, dtype=torch.bool)
+        done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         step_positions = positions[:, -1:]
         alive, logprobs = [], []
         for step in range(max_new_tokens):
