@@ -168,3 +168,23 @@ def test_interpreter_commands_are_answered_without_touching_the_disk(games, tmp_
         step = env.step(command)
         assert not step.valid and not step.done and "not available" in step.observation.text
     assert list(tmp_path.iterdir()) == [] and env.step(env.walkthrough[0]).valid
+
+
+def test_long_garbage_and_chained_commands_reach_the_engine_safely(games, tmp_path, monkeypatch) -> None:
+    """A random model's reply of hundreds of characters crashed the interpreter (a segfault, a file with a
+    garbage name in the working directory): commands are cut to a few safe words, punctuation that would chain
+    commands ("open box. save") is dropped, and an interpreter command anywhere in them is refused."""
+    from cola.envs.textworld_env import MAX_COMMAND_CHARS, engine_command
+
+    assert engine_command("Open the BOX. then SAVE!") == "open the box then save"
+    assert engine_command("é" * 3 + "take  key\n") == "take key"
+    long = engine_command(" ".join(["word"] * 200))
+    assert len(long) <= MAX_COMMAND_CHARS and long.startswith("word word")
+    monkeypatch.chdir(tmp_path)
+    env = TextWorldEnv(games[SEEDS[0]], max_steps=10)
+    env.start_episode()
+    garbage = "".join(chr(c) for c in range(32, 0x2FF)) * 3
+    for command in (garbage, "look. save", "look then script", "\x00\x1b[2J", "   "):
+        step = env.step(command)
+        assert not step.valid and not step.done, command
+    assert list(tmp_path.iterdir()) == [] and env.step(env.walkthrough[0]).valid

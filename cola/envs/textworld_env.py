@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,25 @@ def _textworld():
 # Z-machine interpreter commands that are not moves in the game (see `TextWorldEnv._play`).
 META_COMMANDS = frozenset({"save", "restore", "script", "unscript", "transcript", "restart", "quit", "q",
                            "undo", "verbose", "brief", "superbrief", "notify", "pronouns"})
+
+
+#: Longer input overflows the Z-machine interpreter's line buffer (a segfault, or a file written under a
+#: garbage name); every TextWorld command is a few words.
+MAX_COMMAND_CHARS = 80
+
+
+def engine_command(command: str) -> str:
+    """What the interpreter may safely read of a model's command: lower-case letters, digits, spaces,
+    apostrophes and hyphens (punctuation would chain commands, "open box. save"), at most
+    `MAX_COMMAND_CHARS`, cut at a word boundary. The transcript keeps the command as typed."""
+    kept = re.sub(r"[^a-z0-9' -]+", " ", command.lower())
+    words, length = [], 0
+    for word in kept.split():
+        length += len(word) + bool(words)
+        if length > MAX_COMMAND_CHARS:
+            break
+        words.append(word)
+    return " ".join(words)
 
 
 @contextlib.contextmanager
@@ -99,13 +119,16 @@ class TextWorldEnv(TextEnv):
         return self._observe(state, state["description"])  # the feedback opens with an ASCII-art banner
 
     def _play(self, command: str) -> tuple[Observation, float, bool, bool]:
-        if command.split()[:1] and command.split()[0].lower() in META_COMMANDS:
+        words = engine_command(command).split()
+        meta = next((word for word in words if word in META_COMMANDS), None)
+        if not words or meta is not None:
             # The interpreter's own commands act outside the game: `save`/`script` write files into the
             # working directory, `restore` of a garbage file name crashes the process. Answered, not played.
-            text = f"The command {command.split()[0]!r} is not available in this game."
+            text = (f"The command {meta!r} is not available in this game." if meta is not None
+                    else "I beg your pardon?")
             return Observation(text, self.last.objective, self.last.admissible), self.score, False, False
         with _quiet_jericho():
-            state, score, done = self.env.step(command)
+            state, score, done = self.env.step(" ".join(words))
         over = bool(done or state["lost"])
         return self._observe(state, state.feedback), float(score), over, bool(state["won"])
 
