@@ -188,3 +188,63 @@ def test_long_garbage_and_chained_commands_reach_the_engine_safely(games, tmp_pa
         step = env.step(command)
         assert not step.valid and not step.done, command
     assert list(tmp_path.iterdir()) == [] and env.step(env.walkthrough[0]).valid
+
+
+def test_episode_returns_and_their_group_advantages_by_hand() -> None:
+    from cola.envs.agent_rl import episode_returns
+    from cola.envs.episodes import Episode
+    from cola.rl.advantages import baseline_advantages
+
+    episodes = [Episode("g", "o", score=s, won=w) for s, w in [(1, True), (0, False), (2, False), (2, False)]]
+    returns = episode_returns(episodes, win_bonus=0.5)
+    assert returns.tolist() == [1.5, 0.0, 2.0, 2.0]
+    # groups of 2: (1.5, 0) -> ±1/√2 (unbiased std 1.0607), (2, 2) -> 0
+    advantage = baseline_advantages(returns, 2, "group")
+    assert advantage[:2].tolist() == pytest.approx([0.7071, -0.7071], abs=1e-4)
+    assert advantage[2:].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["cola", "base"])
+def test_multi_turn_grpo_trains_what_its_action_space_trains(games, tmp_path, kind) -> None:
+    """Two GRPO steps over episodes (2 games x a group of 2, 3 turns each) with a reward that varies between
+    samples (the score counts the characters typed): CoLA changes only its policy, the token baseline the LM; the
+    logged episode statistics are those of the played episodes."""
+    import torch
+
+    from cola.config import RLConfig
+    from cola.envs.agent_rl import AgentGRPOTrainer
+    from cola.envs.protocol import PromptStyle
+    from cola.model.checkpoint import load_model_and_tokenizer
+    from cola.rl.grpo import build_policy
+    from tests.test_harness import build_assets
+
+    class CharacterCountEnv(TextWorldEnv):
+        def _play(self, command):
+            observation, score, over, won = super()._play(command)
+            return observation, self.score + len(command), over, won
+
+    model, tokenizer, _ = load_model_and_tokenizer(build_assets(tmp_path)["root"] / kind)
+    method = "cola" if kind == "cola" else "token"
+    if kind == "cola":  # large action embeddings: different sampled actions type different commands
+        with torch.no_grad():
+            model.action_codebook.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(0))
+    cfg = RLConfig(steps=2, prompts_per_step=2, group_size=2, lr=1e-2, warmup_steps=0, log_every=1,
+                   kl_in="loss")
+    logged = []
+    trainer = AgentGRPOTrainer(build_policy(model, tokenizer, method, cfg), cfg,
+                               [games[SEEDS[0]], games[SEEDS[1]]],
+                               lambda game: CharacterCountEnv(game, max_steps=3),
+                               style=PromptStyle(history=1, max_observation_chars=60, show_admissible=False),
+                               max_new_tokens=5, on_log=lambda step, m: logged.append(m))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainer.train()
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    if kind == "cola":
+        assert changed and all(k.startswith(("policy.", "policy_head.")) for k in changed), sorted(changed)
+    else:
+        assert changed and any(k.startswith("model.layers.") for k in changed)
+    assert len(logged) == 2
+    for m in logged:
+        assert m["steps_mean"] == 3 and 0 <= m["invalid_rate"] <= 1 and m["win_rate"] == 0
+        assert m["reward_mean"] == pytest.approx(m["score_mean"]) and m["tokens_per_second"] > 0
+    assert any(m["groups_with_signal"] > 0 for m in logged)
