@@ -260,7 +260,7 @@ def test_the_token_baseline_does_not_depend_on_latent_actions():
     stages = dvc_stages()
     assert "latent" not in upstream(stages, "rl@token-math") | upstream(stages, "rl@token-countdown")
     assert "sft" in upstream(stages, "rl@token-math")
-    assert {"latent", "bc", "fta"} <= upstream(stages, "rl@cola-math")
+    assert {"latent", "bc"} <= upstream(stages, "rl@cola-math")  # and fta, with rl.cola_start: fta
     assert {"latent", "bc", "fta", "sft"} <= upstream(stages, "report")
 
 
