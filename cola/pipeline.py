@@ -97,15 +97,16 @@ def stage_parser(name: str, paths: Sequence[str],
 
 def run_stage(name: str, main: Callable[[StageContext], None], *, paths: Sequence[str],
               choices: Mapping[str, Sequence[str]] | None = None, argv: Sequence[str] | None = None,
-              launchable: bool = False) -> None:
+              launchable: bool = False, section: str | None = None) -> None:
     """Run stage `name`: parse its paths (and ``metrics``, ``headline``), validate params, track, call `main`.
 
     A stage with `choices` (the ``rl@<method>-<task>`` entries) is tracked as ``name@<values joined by ->``
     with each choice as a tag. A `launchable` stage (one that trains through `cola.train.core`) runs under
-    ``accelerate launch`` when the ``launch`` params ask for several processes. User errors exit with one
+    ``accelerate launch`` when the ``launch`` params ask for several processes. The stage reads the params
+    section `section` (default: its own name; the agent stages share ``agent``). User errors exit with one
     ``error:`` line and code 2 (`cola.errors.cli_main`).
     """
-    cli_main(_run, name, main, paths, choices or {}, argv, launchable)
+    cli_main(_run, name, main, paths, choices or {}, argv, launchable, section or name)
 
 
 def launch_command(launch: LaunchConfig, script: str, argv: Sequence[str]) -> list[str]:
@@ -131,11 +132,12 @@ def launch_command(launch: LaunchConfig, script: str, argv: Sequence[str]) -> li
 
 
 def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
-         choices: Mapping[str, Sequence[str]], argv: Sequence[str] | None, launchable: bool) -> None:
+         choices: Mapping[str, Sequence[str]], argv: Sequence[str] | None, launchable: bool,
+         section: str) -> None:
     paths = [*paths, *METRICS_PATHS]
     argv = list(sys.argv[1:] if argv is None else argv)
     args = stage_parser(name, paths, choices).parse_args(argv)
-    cfg, params = load_stage_config(name)
+    cfg, params = load_stage_config(section)
     # Read by every Accelerator the trainers create, with one process or many.
     os.environ.setdefault("ACCELERATE_MIXED_PRECISION", params.launch.mixed_precision)
     if launchable and params.launch.distributed and "LOCAL_RANK" not in os.environ:
@@ -153,7 +155,7 @@ def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
     tags = {option: getattr(args, option) for option in choices}
     # What distinguishes one entry of a foreach stage from another (method, task) and where it read and wrote
     # are params too, so comparing two stage runs in the UI shows them.
-    run_params = {**flatten(cfg, prefix=name),
+    run_params = {**flatten(cfg, prefix=section),
                   **{f"{name}.{option}": value for option, value in tags.items()},
                   **{f"{name}.path.{path}": str(getattr(args, path)) for path in paths}}
     with StageRun(run_name, params=run_params, profile=params.profile, tags=tags,

@@ -207,8 +207,8 @@ def test_episode_returns_and_their_group_advantages_by_hand() -> None:
 @pytest.mark.parametrize("kind", ["cola", "base"])
 def test_multi_turn_grpo_trains_what_its_action_space_trains(games, tmp_path, kind) -> None:
     """Two GRPO steps over episodes (2 games x a group of 2, 3 turns each) with a reward that varies between
-    samples (the score counts the characters typed): CoLA changes only its policy, the token baseline the LM; the
-    logged episode statistics are those of the played episodes."""
+    samples (the score counts the characters typed): CoLA changes only its policy, the token baseline the
+    LM; the logged episode statistics are those of the played episodes."""
     import torch
 
     from cola.config import RLConfig

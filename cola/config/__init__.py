@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cola.config.agent import AgentConfig
 from cola.config.data import PrepareConfig
 from cola.config.describe import flatten, help_table, missing_help
 from cola.config.evaluation import EvalConfig, EvaluateConfig, Math500Config, ReportConfig, RLEvalConfig
@@ -40,12 +41,12 @@ from cola.config.validation import from_dict, load_params, load_section
 from cola.errors import ParamsError
 
 __all__ = [
-    "BCConfig", "BaseConfig", "CoLAArchitecture", "EvalConfig", "EvaluateConfig", "FTAConfig", "LaunchConfig",
-    "LatentConfig", "Math500Config", "MctsConfig", "OptimConfig", "ParamsError", "PipelineParams",
-    "PrepareConfig", "QLearnConfig", "RLConfig", "RLEvalConfig", "RLTaskConfig", "RLTasks", "ReportConfig",
-    "RuntimeConfig", "SFTConfig", "SearchConfig", "TinyBaseConfig", "TrackingConfig", "TrainConfig",
-    "flatten", "from_dict", "help_table", "load_params", "load_pipeline_params", "load_section",
-    "load_stage_config", "missing_help", "override", "param", "params_path",
+    "AgentConfig", "BCConfig", "BaseConfig", "CoLAArchitecture", "EvalConfig", "EvaluateConfig", "FTAConfig",
+    "LaunchConfig", "LatentConfig", "Math500Config", "MctsConfig", "OptimConfig", "ParamsError",
+    "PipelineParams", "PrepareConfig", "QLearnConfig", "RLConfig", "RLEvalConfig", "RLTaskConfig", "RLTasks",
+    "ReportConfig", "RuntimeConfig", "SFTConfig", "SearchConfig", "TinyBaseConfig", "TrackingConfig",
+    "TrainConfig", "flatten", "from_dict", "help_table", "load_params", "load_pipeline_params",
+    "load_section", "load_stage_config", "missing_help", "override", "param", "params_path",
 ]
 
 PROFILES = ("tiny", "smoke", "smollm2-135m", "llama-3.1-8b")
@@ -69,6 +70,8 @@ class PipelineParams:
     rl: RLConfig = param(RLConfig(), "GRPO, shared by every rl@<method>-<task> entry (latent and token).")
     rl_eval: RLEvalConfig = param(RLEvalConfig(), "Evaluation of every model of the RL comparison.")
     math500: Math500Config = param(Math500Config(), "MATH-500 accuracy of every model of the comparison.")
+    agent: AgentConfig = param(AgentConfig(), "Agent tasks: TextWorld games, walkthrough fine-tuning, "
+                                              "multi-turn RL, success on seen and unseen games.")
     report: ReportConfig = param(ReportConfig(), "The comparison report.")
     qlearn: QLearnConfig = param(QLearnConfig(), "MCTS-Q's Q-networks: double DQN on rollouts of each RL "
                                                  "model (CoLA and token, per task).")

@@ -163,11 +163,14 @@ def cola_minus_token(inputs: ReportInputs) -> Section:
                      *[accuracy_difference(cola, token, t, spread_kind).fmt(100, signed=True)
                        for t in retention]])
         headline[f"cola_minus_token/{task}"] = diff.value
+    starts = {row.method: row.start for row in inputs.rl_rows}
+    labels = {"fta": "CoLA-FTA", "bc": "CoLA-BC", "sft": "SFT"}
+    cola_start, token_start = (labels.get(starts.get(m), starts.get(m)) for m in ("cola", "token"))
     return _section(
         "## 4. CoLA-RL − Token-RL\n",
         _table(header, body) + "\n",
-        "Note the two arms start from different models (CoLA-FTA and SFT); section 3 separates the RL "
-        "gain from the starting point.\n",
+        f"Note the two arms start from different models ({cola_start} and {token_start}); section 3 "
+        "separates the RL gain from the starting point.\n",
         metrics=headline,
     )
 
