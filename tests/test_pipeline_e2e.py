@@ -130,6 +130,8 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     stage_metrics = [f"{stage}.json" for stage in stages]
     stage_metrics += [f"{kind}/{run_}.json" for run_ in RL_RUNS for kind in ("rl", "qlearn")]
     stage_metrics += [f"mcts/{task}.json" for task in ("math", "countdown")]
+    stage_metrics += ["agent_data.json", "agent_eval.json"]
+    stage_metrics += [f"agent_{kind}/{method}.json" for kind in ("ft", "rl") for method in ("cola", "token")]
     for name in stage_metrics:
         metrics = json.loads((root / "metrics" / name).read_text())
         assert metrics["wall_clock_seconds"] > 0, name
@@ -158,6 +160,9 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     assert json.loads((root / "metrics" / "headline" / "report.json").read_text()).keys() >= {
         "cola_mcts_minus_bon_oracle/math", "cola_mcts_minus_bon_oracle/countdown"}
     assert "Off in this profile (`math500.enabled: false`)" in report.split("## 8. MATH-500")[1]
+    agents = report.split("## 9. Agent tasks (TextWorld)")[1]  # every agent model on seen and unseen games
+    assert "Not run" not in agents and agents.count(" ± ") >= 8 and "CoLA-RL (agent)" in agents
+    assert {"agent/rl-cola/delta_unseen_success", "agent/rl-token/delta_unseen_success"} <= set(headline)
     budget = json.loads((root / "plots" / "mcts" / "math.json").read_text())
     assert [row["rounds"] for row in budget] == [1, 2] and "cola_bon_oracle_passes" in budget[0]
 
@@ -170,7 +175,7 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
     exp = run(["dvc", "exp", "run", "-S", "rl.lr=1e-6"], root, env)
     # the Q-networks learn from the RL models, and the search runs on both
     rerun = {*[f"{stage}@{r}" for r in RL_RUNS for stage in ("rl", "qlearn")], "mcts@math", "mcts@countdown",
-             "rl_eval", "math500", "report"}
+             "rl_eval", "math500", "agent_rl@cola", "agent_rl@token", "agent_eval", "report"}
     assert ran_stages(exp.stdout) == rerun, exp.stdout
     reused = json.loads((root / "metrics" / "rl_eval.json").read_text())
     assert {m for m in MODELS if reused[f"{m}/reused"]} == {"base", "sft", "bc", "fta"}

@@ -1,6 +1,6 @@
 """The `agent_data` stage: the games of every split and the walkthrough fine-tuning data.
 
-Layout of the output folder (``data/agent``)::
+Layout of the output folder (``agent_data``)::
 
     games/train/tw-<seed>.z8   seeds 0 … train_games-1, the training settings (walkthrough data, RL)
     games/seen/tw-<seed>.z8    the next eval_games seeds, the same settings (held-out games of the family)

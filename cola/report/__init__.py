@@ -97,6 +97,7 @@ def build_report(cfg: ReportConfig, *, evals_dir: Path, rl_metrics_dir: Path, rl
         sections.wall_clock(inputs),
         sections.search(inputs),
         sections.math500(inputs),
+        sections.agent(inputs),
     ]
     figures = {
         "accuracy.png": _accuracy_figure(inputs.table_rows, inputs.evals, inputs.tasks, inputs.spread_kind),

@@ -297,6 +297,47 @@ def math500(inputs: ReportInputs) -> Section:
                     "and grader).\n", metrics=headline)
 
 
+AGENT_ROWS = (("sft", "Token SFT (walkthroughs)"), ("fta", "CoLA FTA (walkthroughs)"),
+              ("rl-token", "Token-RL (agent)"), ("rl-cola", "CoLA-RL (agent)"))
+
+
+def agent(inputs: ReportInputs) -> Section:
+    """9. Agent tasks: TextWorld success on seen and unseen games, and what agent RL cost (`agent_eval`)."""
+    m = _read_json(inputs.stage_metrics_dir / "agent_eval.json")
+    title = "## 9. Agent tasks (TextWorld)\n"
+    if not m:
+        return _section(title, "Not run (`dvc repro agent_eval`).\n")
+
+    def pct(name: str, key: str) -> str:
+        value, se = m.get(f"{name}/{key}"), m.get(f"{name}/{key}_se")
+        if value is None:
+            return "—"
+        return f"{100 * value:.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
+
+    def delta(name: str, key: str) -> str:
+        value = m.get(f"{name}/delta_{key}")
+        return _num(value, 3) if key == "perplexity" else _num(None if value is None else 100 * value, 1)
+
+    body = [[label, pct(name, "seen_success"), pct(name, "unseen_success"),
+             _num(m.get(f"{name}/seen_score"), 2), _num(m.get(f"{name}/seen_steps"), 1),
+             pct(name, "seen_invalid_rate"), pct(name, "spell_acc"), pct(name, "wrev_acc"),
+             _num(m.get(f"{name}/perplexity"), 3)] for name, label in AGENT_ROWS]
+    deltas = [[label, *[delta(name, key) for key in
+                        ("seen_success", "unseen_success", "spell_acc", "wrev_acc", "perplexity")]]
+              for name, label in AGENT_ROWS[2:]]
+    headline = {f"{name}/delta_unseen_success": m[f"{name}/delta_unseen_success"]
+                for name, _ in AGENT_ROWS[2:] if f"{name}/delta_unseen_success" in m}
+    return _section(
+        title,
+        _table(["model", "seen success %", "unseen success %", "seen score", "seen steps", "invalid %",
+                "spell", "wrev", "val ppl"], body) + "\n",
+        _table(["RL run − its start", "Δ seen success", "Δ unseen success", "Δ spell", "Δ wrev", "Δ val ppl"],
+               deltas) + "\n",
+        "Greedy episodes, one per game (± binomial standard error); seen games share the training games' "
+        "settings, unseen games have more rooms and objects. Spell and wrev are retention tasks no agent "
+        "stage trains on.\n", metrics={f"agent/{k}": v for k, v in headline.items()})
+
+
 def plots(names: Iterable[str]) -> Section:
     """The figures, by file name (``accuracy.png`` -> ``![accuracy](accuracy.png)``)."""
     return _section("## Plots\n", *[f"![{name[:-4]}]({name})\n" for name in names])
