@@ -5,6 +5,7 @@ win."""
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,44 @@ def test_multi_turn_grpo_trains_what_its_action_space_trains(games, tmp_path, ki
         assert m["steps_mean"] == 3 and 0 <= m["invalid_rate"] <= 1 and m["win_rate"] == 0
         assert m["reward_mean"] == pytest.approx(m["score_mean"]) and m["tokens_per_second"] > 0
     assert any(m["groups_with_signal"] > 0 for m in logged)
+
+
+@pytest.mark.parametrize("backend", ["textworld-express", "scienceworld"])
+def test_the_java_backends_win_with_their_gold_path_behind_the_same_interface(backend) -> None:
+    """TextWorldExpress and ScienceWorld (Java engines): the gold path wins with the full score, without its
+    last step it does not, and an invalid command is answered, counted and ends nothing."""
+    from cola.envs.java_envs import ScienceWorldEnv, TextWorldExpressEnv
+
+    pytest.importorskip("textworld_express" if backend == "textworld-express" else "scienceworld")
+    if shutil.which("java") is None:
+        pytest.skip("no Java runtime (apt-get install default-jre-headless)")
+    if backend == "textworld-express":
+        env = TextWorldExpressEnv("cookingworld", "numLocations=1,numIngredients=2,numDistractorItems=2,"
+                                  "includeDoors=0", seed=0, max_steps=40)
+    else:
+        env = ScienceWorldEnv("find-plant", 0, max_steps=40)
+    try:
+        first = env.start_episode()
+        walkthrough = env.walkthrough
+        assert first.objective and first.admissible and len(walkthrough) >= 5
+        invalid = env.step("xyzzy frobnicate")
+        assert not invalid.valid and not invalid.done and invalid.reward == 0
+        steps = [env.step(command) for command in walkthrough]
+        assert steps[-1].won and steps[-1].done and steps[-1].score == pytest.approx(1.0)
+        assert sum(s.reward for s in steps) == pytest.approx(1.0)  # step rewards are score differences
+        env.start_episode()
+        short = [env.step(command) for command in walkthrough[:-1]]
+        assert not short[-1].won and short[-1].score < 1.0
+    finally:
+        env.close()
+
+
+def test_a_missing_backend_or_data_is_one_line_saying_what_to_do(monkeypatch) -> None:
+    from cola.envs.java_envs import alfworld_games, require_java
+
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    with pytest.raises(EnvUnavailableError, match=r"^\$ALFWORLD_DATA is not set\. ALFWorld's games are a "):
+        alfworld_games()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(EnvUnavailableError, match="needs Java: apt-get install default-jre-headless"):
+        require_java()
