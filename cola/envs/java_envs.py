@@ -37,7 +37,23 @@ def _import(package: str, pip_name: str):
                                   "(and Java: apt-get install default-jre-headless)") from exc
 
 
-class TextWorldExpressEnv(TextEnv):
+class _GoldPathEnv(TextEnv):
+    """A Java engine (`self.env`) whose reset computes the gold path (`self._gold`)."""
+
+    env: object
+    _gold: list[str]
+
+    @property
+    def walkthrough(self) -> list[str]:
+        if not self._gold:
+            self.reset()
+        return list(self._gold)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class TextWorldExpressEnv(_GoldPathEnv):
     """One TextWorldExpress game: `game` (cookingworld, twc, coin, mapreader, arithmetic, sorting, ...), its
     `params` string, a `fold` (train, dev, test) and a `seed` from that fold."""
 
@@ -65,17 +81,8 @@ class TextWorldExpressEnv(TextEnv):
         won = bool(infos["tasksuccess"])
         return self._observe(infos, text), float(infos["score"]), bool(done or infos["taskfailure"]), won
 
-    @property
-    def walkthrough(self) -> list[str]:
-        if not self._gold:
-            self.reset()
-        return list(self._gold)
 
-    def close(self) -> None:
-        self.env.close()
-
-
-class ScienceWorldEnv(TextEnv):
+class ScienceWorldEnv(_GoldPathEnv):
     """One ScienceWorld task variation (`task` as `scienceworld`'s task names, `variation` an index of its
     train / dev / test variations). Its admissible list holds every valid action–object combination (hundreds:
     prompts should not show it)."""
@@ -102,15 +109,6 @@ class ScienceWorldEnv(TextEnv):
         score = max(float(info["score"]), 0.0) / 100  # -100 marks a failed task
         won = float(info["score"]) >= 100
         return self._observe(text), score, bool(done), won
-
-    @property
-    def walkthrough(self) -> list[str]:
-        if not self._gold:
-            self.reset()
-        return list(self._gold)
-
-    def close(self) -> None:
-        self.env.close()
 
 
 def alfworld_games(split: str = "valid_seen") -> list[Path]:
