@@ -325,8 +325,8 @@ def agent(inputs: ReportInputs) -> Section:
     deltas = [[label, *[delta(name, key) for key in
                         ("seen_success", "unseen_success", "spell_acc", "wrev_acc", "perplexity")]]
               for name, label in AGENT_ROWS[2:]]
-    headline = {f"{name}/delta_unseen_success": m[f"{name}/delta_unseen_success"]
-                for name, _ in AGENT_ROWS[2:] if f"{name}/delta_unseen_success" in m}
+    cola, token = m.get("rl-cola/unseen_success"), m.get("rl-token/unseen_success")
+    headline = {"cola_minus_token/unseen_success": cola - token} if None not in (cola, token) else {}
     return _section(
         title,
         _table(["model", "seen success %", "unseen success %", "seen score", "seen steps", "invalid %",

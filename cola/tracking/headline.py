@@ -23,8 +23,7 @@ HEADLINE = (
     "report/*/delta_*_acc",                        # each RL run's task gain and retention
     "report/cola_mcts_minus_bon_oracle/*",         # does MCTS-Q beat sampling more at the same budget?
     "report/cola_minus_token_math500/*",           # the paper's headline benchmark (profiles with an LLM)
-    "agent_eval/rl-*/seen_success", "agent_eval/rl-*/unseen_success",  # agent tasks after RL
-    "report/agent/*",                              # what agent RL gained on unseen games
+    "report/agent/cola_minus_token/*",             # agent tasks: CoLA-RL − token-RL on unseen games
 )
 
 
