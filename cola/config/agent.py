@@ -34,6 +34,8 @@ class AgentConfig(RuntimeConfig):
     ft_steps: int = param(200, "Optimizer steps of walkthrough fine-tuning (FTA for CoLA, SFT for the "
                                "token baseline; the rest of their optimiser from the fta / sft sections).",
                           min=1)
+    ft_batch_size: int = param(8, "Walkthrough examples per fine-tuning step (the data is a few dozen "
+                                  "steps of walkthrough: small batches, many passes).", min=1)
     ft_seq_len: int = param(512, "Tokens per walkthrough example in fine-tuning (prompts hold the goal, the "
                                  "history and the commands: longer than the task examples).", min=16)
     rl_steps: int = param(60, "Multi-turn GRPO steps (the rest of the algorithm from the rl section).", min=1)

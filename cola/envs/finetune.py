@@ -33,8 +33,9 @@ def run_agent_ft(params: PipelineParams, method: str, data_dir: Path, start: Pat
     """FTA (CoLA, the ``fta`` section's settings) or SFT (token, ``sft``'s) on the walkthrough examples."""
     check_method(method)
     section = params.fta if method == "cola" else params.sft
-    cfg = dataclasses.replace(section, tasks=["agent"], steps=params.agent.ft_steps,
-                              seq_len=params.agent.ft_seq_len)
+    agent = params.agent
+    cfg = dataclasses.replace(section, tasks=["agent"], steps=agent.ft_steps, batch_size=agent.ft_batch_size,
+                              seq_len=agent.ft_seq_len)
     return run_finetune_stage(cfg, Path(data_dir) / "tasks", start, out_dir, checkpoint_dir=checkpoint_dir,
                               on_log=on_log)
 
