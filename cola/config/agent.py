@@ -34,6 +34,9 @@ class AgentConfig(RuntimeConfig):
     ft_steps: int = param(200, "Optimizer steps of walkthrough fine-tuning (FTA for CoLA, SFT for the "
                                "token baseline; the rest of their optimiser from the fta / sft sections).",
                           min=1)
+    ft_lr: float = param(1e-4, "Peak learning rate of walkthrough fine-tuning (the fta / sft sections' 3e-4 "
+                               "over the walkthrough data erased the retention tasks).", min=0,
+                         exclusive_min=True)
     ft_batch_size: int = param(8, "Walkthrough examples per fine-tuning step (the data is a few dozen "
                                   "steps of walkthrough: small batches, many passes).", min=1)
     ft_seq_len: int = param(512, "Tokens per walkthrough example in fine-tuning (prompts hold the goal, the "

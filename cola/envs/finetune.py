@@ -34,8 +34,8 @@ def run_agent_ft(params: PipelineParams, method: str, data_dir: Path, start: Pat
     check_method(method)
     section = params.fta if method == "cola" else params.sft
     agent = params.agent
-    cfg = dataclasses.replace(section, tasks=["agent"], steps=agent.ft_steps, batch_size=agent.ft_batch_size,
-                              seq_len=agent.ft_seq_len)
+    cfg = dataclasses.replace(section, tasks=["agent"], steps=agent.ft_steps, lr=agent.ft_lr,
+                              batch_size=agent.ft_batch_size, seq_len=agent.ft_seq_len)
     return run_finetune_stage(cfg, Path(data_dir) / "tasks", start, out_dir, checkpoint_dir=checkpoint_dir,
                               on_log=on_log)
 
