@@ -21,7 +21,10 @@ def test_q_values_come_from_a_copy_of_the_base_and_survive_save_and_load(tmp_pat
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
     qnet.save_pretrained(tmp_path / "qnet")
     loaded = load_qnetwork(tmp_path / "qnet")
-    torch.testing.assert_close(loaded(ids), qnet.eval()(ids))
+    # Every weight was shifted by 1.0, so activations are large; once in a full suite run (not reproducible
+    # alone) the two forwards differed by 5e-4 absolute (1.4e-4 relative), a float32 kernel difference. A
+    # save/load defect moves them by O(1).
+    torch.testing.assert_close(loaded(ids), qnet.eval()(ids), atol=2e-3, rtol=1e-3)
 
 
 def test_left_padding_gives_the_unpadded_q_values() -> None:
