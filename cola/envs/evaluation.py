@@ -4,7 +4,6 @@ against its start (the walkthrough fine-tuned model)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from cola.envs.episodes import play_episodes
 from cola.envs.finetune import AGENT_MODELS
 from cola.envs.textworld_env import TextWorldEnv
 from cola.eval.perplexity import perplexity
+from cola.eval.sampling_metrics import stderr_of_mean
 from cola.eval.scoring import binomial_stderr, task_accuracy
 from cola.io import read_jsonl, read_text_lines
 from cola.model.checkpoint import load_model_and_tokenizer
@@ -43,9 +43,8 @@ def play_split(model, tokenizer, kind: str, games: list[Path], params: PipelineP
     success = sum(e.won for e in episodes) / n
     scores = [e.score for e in episodes]
     mean_score = sum(scores) / n
-    sd = math.sqrt(sum((s - mean_score) ** 2 for s in scores) / (n - 1)) if n > 1 else math.nan
     return {"success": success, "success_se": binomial_stderr(success, n), "score": mean_score,
-            "score_se": sd / math.sqrt(n), "steps": sum(turns) / n,
+            "score_se": stderr_of_mean(scores), "steps": sum(turns) / n,
             "invalid_rate": sum(e.invalid for e in episodes) / max(1, sum(turns)), "games": n}
 
 

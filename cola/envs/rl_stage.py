@@ -31,7 +31,7 @@ def run_agent_rl(params: PipelineParams, method: str, data_dir: Path, start: Pat
     check_method(method)
     agent = params.agent
     cfg = dataclasses.replace(params.rl, steps=agent.rl_steps, prompts_per_step=agent.games_per_step,
-                              group_size=agent.group_size, seeds=[agent.seed])
+                              group_size=agent.group_size)
     torch.set_num_threads(agent.threads)
     model, tokenizer, kind = load_model_and_tokenizer(start)
     if kind != ("cola" if method == "cola" else "base"):
