@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cola.config import LaunchConfig, PipelineParams, flatten, load_stage_config
+from cola.config.launch import GRADIENT_CHECKPOINTING_ENV
 from cola.errors import ColaError, cli_main
 from cola.io import atomic_write_json, is_main_process
 from cola.results import StageResult
@@ -140,6 +141,7 @@ def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
     cfg, params = load_stage_config(section)
     # Read by every Accelerator the trainers create, with one process or many.
     os.environ.setdefault("ACCELERATE_MIXED_PRECISION", params.launch.mixed_precision)
+    os.environ.setdefault(GRADIENT_CHECKPOINTING_ENV, "1" if params.launch.gradient_checkpointing else "0")
     if launchable and params.launch.distributed and "LOCAL_RANK" not in os.environ:
         command = launch_command(params.launch, sys.argv[0], argv)
         print(f"{name}: launching {params.launch.num_processes} processes: {' '.join(command[1:])}",

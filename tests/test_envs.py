@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from cola.envs.textworld_env import GameSettings, TextWorldEnv, make_game  # noq
 
 SETTINGS = GameSettings(world_size=2, nb_objects=4, quest_length=3)
 SEEDS = (1, 2, 3)
+ALFWORLD_DATA = Path(__file__).parent / "data" / "alfworld"  # a hand-written ALFWorld-style PDDL game
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +70,16 @@ def test_step_rewards_are_score_differences_and_the_step_limit_ends_an_episode(g
 
 
 def test_a_seeded_random_admissible_agent_sometimes_fails(games) -> None:
-    rng, wins, episodes = random.Random(0), 0, 0
-    for seed in SEEDS:
-        env = TextWorldEnv(games[seed], max_steps=10)
-        for _ in range(4):
-            observation, done, episodes = env.start_episode(), False, episodes + 1
-            while not done:
-                step = env.step(rng.choice(observation.admissible))
-                observation, done = step.observation, step.done
-            wins += step.won
-    assert wins < episodes
+    from cola.envs.episodes import play_random
+    from cola.envs.evaluation import episode_summary
+
+    envs = [TextWorldEnv(games[seed], max_steps=10) for seed in SEEDS]
+    episodes = [e for _ in range(4) for e in play_random(envs, random.Random(0))]
+    again = [e for _ in range(4) for e in play_random(envs, random.Random(0))]
+    assert [[t.command for t in e.turns] for e in episodes] == [[t.command for t in e.turns] for e in again]
+    summary = episode_summary(episodes)
+    assert summary["success"] < 1 and summary["invalid_rate"] == 0 and summary["games"] == 12
+    assert all(1 <= len(e.turns) <= 10 for e in episodes)
 
 
 def test_a_missing_game_is_one_clear_error(tmp_path) -> None:
@@ -102,6 +104,13 @@ def test_prompts_keep_a_bounded_history_and_replies_become_one_command() -> None
     assert bare.splitlines()[1].startswith("A kitchen.") and "Commands" not in bare
     first = agent_prompt(Transcript("Goal.", "You are in a hall."), [], PromptStyle())
     assert first == "Goal: Goal.\nYou are in a hall.\nAction:"
+    # The goal has its own limit: its steps come after a sentence of flavour text.
+    quest = "Welcome to TextWorld, a profound round! " * 3 + "First, go east. Then, take the key."
+    style = PromptStyle(max_observation_chars=40, max_objective_chars=200)
+    long_goal = agent_prompt(Transcript(quest, "A hall."), [], style).splitlines()[0]
+    assert long_goal == f"Goal: {quest}"
+    assert agent_prompt(Transcript(quest, "A hall."), [], PromptStyle(max_objective_chars=40)).splitlines()[
+        0] == "Goal: Welcome to TextWorld, a profound round!…"
     assert parse_command("\n  > take key \nmore text") == "take key" and parse_command("  \n") == ""
 
 
@@ -282,7 +291,8 @@ def test_the_java_backends_win_with_their_gold_path_behind_the_same_interface(ba
 
 
 def test_a_missing_backend_or_data_is_one_line_saying_what_to_do(monkeypatch) -> None:
-    from cola.envs.java_envs import alfworld_games, require_java
+    from cola.envs.alfworld_env import AlfWorldEnv, alfworld_games
+    from cola.envs.java_envs import require_java
 
     monkeypatch.delenv("ALFWORLD_DATA", raising=False)
     with pytest.raises(EnvUnavailableError, match=r"^\$ALFWORLD_DATA is not set\. ALFWorld's games are a "):
@@ -290,3 +300,6 @@ def test_a_missing_backend_or_data_is_one_line_saying_what_to_do(monkeypatch) ->
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(EnvUnavailableError, match="needs Java: apt-get install default-jre-headless"):
         require_java()
+    monkeypatch.setitem(sys.modules, "fast_downward", None)  # the planner not installed
+    with pytest.raises(EnvUnavailableError, match="need TextWorld's planner: pip install 'fast-downward-"):
+        AlfWorldEnv(ALFWORLD_DATA / "kitchen.pddl")

@@ -15,8 +15,9 @@ from cola.errors import user_errors
 def play(
     model: Annotated[str, typer.Argument(help="A CoLA model or plain LM folder (or models:/NAME/VERSION).",
                                          show_default=False)],
-    game: Annotated[Path, typer.Option(help="A TextWorld game file (.z8 with its .json), e.g. one of "
-                                            "data/agent/games/.", show_default=False)],
+    game: Annotated[Path, typer.Option(help="A TextWorld game file (.z8 with its .json, e.g. one of "
+                                            "agent_data/games/) or an ALFWorld game.tw-pddl.",
+                                       show_default=False)],
     max_steps: Annotated[int, typer.Option(help="Most commands in the episode.", min=1)] = 20,
     history: Annotated[int, typer.Option(help="Past turns shown in each prompt.", min=0)] = 2,
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.", min=1)] = 16,
@@ -29,10 +30,12 @@ def play(
     accept it), the game's answer, the reward, and for a CoLA model the latent action behind each token of
     the reply; then whether it won, the score and the invalid commands."""
     with user_errors():
+        from cola.envs.alfworld_env import AlfWorldEnv
         from cola.envs.textworld_env import TextWorldEnv
 
         folder = _model_folder(model)
-        env = TextWorldEnv(game, max_steps=max_steps)
+        backend = AlfWorldEnv if game.suffix == ".tw-pddl" else TextWorldEnv
+        env = backend(game, max_steps=max_steps)
         loaded, tokenizer, kind = _load(folder, None)
         import torch
 

@@ -29,6 +29,9 @@ class AgentConfig(RuntimeConfig):
     max_steps: int = param(8, "Step limit of an episode.", min=1)
     history: int = param(2, "Past turns shown in the prompt (a bounded history).", min=0)
     max_observation_chars: int = param(160, "Observations are cut to this length in the prompt.", min=16)
+    max_objective_chars: int = param(400, "The goal is cut to this length in the prompt (TextWorld's goals "
+                                          "name every quest step after a flavour sentence: ~150-320 "
+                                          "characters).", min=16)
     show_admissible: bool = param(True, "List the commands the game accepts in the prompt.")
     max_new_tokens: int = param(12, "The longest reply per turn.", min=1)
     ft_steps: int = param(200, "Optimizer steps of walkthrough fine-tuning (FTA for CoLA, SFT for the "
@@ -45,6 +48,8 @@ class AgentConfig(RuntimeConfig):
     games_per_step: int = param(4, "Games per GRPO step.", min=1)
     group_size: int = param(4, "Episodes per game per step (group environments).", min=2)
     win_bonus: float = param(1.0, "Added to a won episode's return (the score gained).", min=0)
+    random_episodes: int = param(4, "Episodes per game of the random admissible agent scored beside the "
+                                    "models (seeded by `seed`).", min=1)
     retention_limit: int = param(100, "Problems per retention task (spell, wrev) scored for each agent "
                                       "model.", min=1)
     seed: int = param(0, "Seed of the RL episodes.")

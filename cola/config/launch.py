@@ -13,6 +13,9 @@ from typing import Literal
 
 from cola.config.fields import param
 
+#: How the stage runner hands ``gradient_checkpointing`` to the trainers (and `accelerate launch`'s workers).
+GRADIENT_CHECKPOINTING_ENV = "COLA_GRADIENT_CHECKPOINTING"
+
 
 @dataclass
 class LaunchConfig:
@@ -30,6 +33,9 @@ class LaunchConfig:
     # Not accelerate's 'no': YAML 1.1 (DVC's writer) reads an unquoted no as false.
     precision: Literal["fp32", "bf16"] = param("fp32", "The training steps' precision: fp32, or bf16 "
                                                        "autocast (accelerate's mixed_precision; GPU).")
+    gradient_checkpointing: bool = param(False, "Recompute decoder-block activations in the backward pass "
+                                                "instead of keeping them (less memory, ~1/3 more compute; "
+                                                "train-mode stages: latent, bc, fta, sft; same results).")
 
     @property
     def mixed_precision(self) -> str:

@@ -16,6 +16,7 @@ Examples have the task files' fields (``prompt``, ``completion``), so walkthroug
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cola.config import AgentConfig
@@ -31,7 +32,7 @@ SPLITS = ("train", "seen", "unseen")
 
 def prompt_style(cfg: AgentConfig) -> PromptStyle:
     return PromptStyle(history=cfg.history, max_observation_chars=cfg.max_observation_chars,
-                       show_admissible=cfg.show_admissible)
+                       max_objective_chars=cfg.max_objective_chars, show_admissible=cfg.show_admissible)
 
 
 def split_games(cfg: AgentConfig) -> dict[str, tuple[GameSettings, range]]:
@@ -74,10 +75,12 @@ def build_agent_data(cfg: AgentConfig, out_dir: Path) -> StageResult:
     """Generate every split's games and the walkthrough examples into `out_dir` (atomically)."""
     style, metrics = prompt_style(cfg), {}
     with atomic_dir(out_dir) as tmp:
-        for split, (settings, seeds) in split_games(cfg).items():
-            folder = tmp / "games" / split
-            games = [make_game(settings, seed, folder) for seed in seeds]
-            metrics[f"{split}_games"] = len(games)
+        # tw-make is a subprocess per game (2-6 s each): `threads` of them at once.
+        with ThreadPoolExecutor(max(1, cfg.threads)) as pool:
+            for split, (settings, seeds) in split_games(cfg).items():
+                folder = tmp / "games" / split
+                games = list(pool.map(lambda seed: make_game(settings, seed, folder), seeds))  # noqa: B023
+                metrics[f"{split}_games"] = len(games)
         for split, games_split in (("train", "train"), ("val", "seen")):
             examples = [ex for game in game_files(tmp, games_split)
                         for ex in walkthrough_examples(game, style, cfg.max_steps)]

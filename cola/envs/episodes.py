@@ -11,6 +11,7 @@ environments (G episodes of one game, as GRPO needs) are G env objects on the sa
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import torch
@@ -80,3 +81,20 @@ def play_episodes(policy: Policy, envs: list[TextEnv], style: PromptStyle, max_n
                 still.append(i)
         running = still
     return episodes, batches
+
+
+def play_random(envs: list[TextEnv], rng: random.Random) -> list[Episode]:
+    """The random baseline: one episode in each env, every command drawn uniformly from the admissible ones
+    (the rate a policy must beat to have learned anything from the game's text)."""
+    episodes = []
+    for env in envs:
+        observation = env.start_episode()
+        episode = Episode(observation.objective, observation.text)
+        done = False
+        while not done:
+            command = rng.choice(observation.admissible) if observation.admissible else "look"
+            step = env.step(command)
+            episode.turns.append(Turn("", command, command, step.valid, step.reward, step.observation.text))
+            episode.won, episode.score, observation, done = step.won, step.score, step.observation, step.done
+        episodes.append(episode)
+    return episodes

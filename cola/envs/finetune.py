@@ -17,10 +17,12 @@ from cola.results import StageResult
 from cola.train.core import LogFn
 from cola.train.finetune_stage import run_finetune_stage
 
-__all__ = ["AGENT_MODELS", "check_method", "run_agent_ft"]
+__all__ = ["AGENT_MODELS", "AGENT_STARTS", "check_method", "run_agent_ft"]
 
 #: method -> (its walkthrough fine-tuned model, its RL model), under models/agent/.
 AGENT_MODELS = {"cola": ("fta", "rl-cola"), "token": ("sft", "rl-token")}
+#: method -> the model its walkthrough fine-tuning starts from, under models/ (dvc.yaml's agent_ft items).
+AGENT_STARTS = {"cola": "bc", "token": "base"}
 
 
 def check_method(method: str) -> None:

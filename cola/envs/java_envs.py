@@ -1,10 +1,9 @@
-"""The other agent benchmarks behind the same `TextEnv` interface: TextWorldExpress, ScienceWorld, ALFWorld.
+"""The Java agent benchmarks behind the same `TextEnv` interface: TextWorldExpress and ScienceWorld.
 
 TextWorldExpress and ScienceWorld run a Java engine through py4j (Debian: ``default-jre-headless``); their
 games are built from a game / task name, a parameter string or variation and a seed, with train / dev / test
-folds, and both give a gold action sequence (the walkthrough). ALFWorld's TextWorld games come only from its
-data download, so offline it needs ``$ALFWORLD_DATA``. A missing package, Java or data is one
-`EnvUnavailableError` line saying what to install or set, never a traceback.
+folds, and both give a gold action sequence (the walkthrough). A missing package or Java is one
+`EnvUnavailableError` line saying what to install, never a traceback. (ALFWorld: `cola.envs.alfworld_env`.)
 
 Scores are made cumulative and comparable: TextWorldExpress reports a normalised score in [0, 1] (won at 1);
 ScienceWorld a score out of 100 (won at 100), given here as a fraction of 1.
@@ -12,16 +11,11 @@ ScienceWorld a score out of 100 (won at 100), given here as a fraction of 1.
 
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 from cola.envs.base import EnvUnavailableError, Observation, TextEnv
 
-__all__ = ["ALFWORLD_HINT", "ScienceWorldEnv", "TextWorldExpressEnv", "alfworld_games", "require_java"]
-
-ALFWORLD_HINT = ("ALFWorld's games are a separate download: run `alfworld-download` where the network is "
-                 "reachable and point $ALFWORLD_DATA at the folder (pip install 'alfworld==0.4.2')")
+__all__ = ["ScienceWorldEnv", "TextWorldExpressEnv", "require_java"]
 
 
 def require_java() -> None:
@@ -110,16 +104,3 @@ class ScienceWorldEnv(_GoldPathEnv):
         won = float(info["score"]) >= 100
         return self._observe(text), score, bool(done), won
 
-
-def alfworld_games(split: str = "valid_seen") -> list[Path]:
-    """ALFWorld's game files of a split (``train``, ``valid_seen``, ``valid_unseen``) under
-    ``$ALFWORLD_DATA/json_2.1.1/<split>``. Discovery only: playing them needs alfworld's PDDL-aware TextWorld
-    wrapper, not wired here yet (no ALFWorld data is reachable offline to test it against)."""
-    root = os.environ.get("ALFWORLD_DATA")
-    if not root:
-        raise EnvUnavailableError(f"$ALFWORLD_DATA is not set. {ALFWORLD_HINT}")
-    folder = Path(root) / "json_2.1.1" / split
-    games = sorted(folder.glob("**/game.tw-pddl"))
-    if not games:
-        raise EnvUnavailableError(f"no ALFWorld games under {folder}. {ALFWORLD_HINT}")
-    return games

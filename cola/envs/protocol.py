@@ -4,7 +4,9 @@ The prompt is built from the objective, the last ``history`` turns (command and 
 current observation, optionally followed by the admissible commands; the agent's reply is read up to its
 first line break, and a leading ``>`` is dropped. Whatever is left is sent to the game as typed, even when it
 is not an admissible command (the game answers it as it answers a person; the episode counts it as invalid).
-Long observations are cut to ``max_observation_chars`` so the prompt fits small models' context.
+Long observations are cut to ``max_observation_chars`` so the prompt fits small models' context; the goal has
+its own, longer limit (``max_objective_chars``): it names every step of the quest after a sentence of
+flavour text, and a cut there hides the steps the agent must take.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class PromptStyle:
 
     history: int = 2                  # past turns shown (a bounded history); 0: only the current observation
     max_observation_chars: int = 240  # observations are cut to this length
+    max_objective_chars: int = 400    # the goal is cut to this length
     show_admissible: bool = True      # list the commands the game accepts now
 
 
@@ -40,7 +43,7 @@ def agent_prompt(transcript: Transcript, admissible: list[str], style: PromptSty
     """The prompt for the next command: the goal, the last ``style.history`` turns (the last one's answer is
     the current observation; before any turn, the first observation) and the admissible commands."""
     cut = style.max_observation_chars
-    lines = [f"Goal: {_cut(transcript.objective, cut)}"]
+    lines = [f"Goal: {_cut(transcript.objective, style.max_objective_chars)}"]
     if not transcript.turns:
         lines.append(_cut(transcript.first, cut))
     elif style.history == 0:

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cola.envs.base import EnvUnavailableError, Observation, TextEnv
 
@@ -92,7 +93,24 @@ def make_game(settings: GameSettings, seed: int, folder: Path) -> Path:
     return game
 
 
-class TextWorldEnv(TextEnv):
+class TextWorldGame(TextEnv):
+    """What games played through TextWorld's engines share: ``self.env`` (a started TextWorld environment)
+    and a walkthrough that a reset reads (``self._walkthrough``)."""
+
+    env: Any
+    _walkthrough: list[str] | None = None
+
+    @property
+    def walkthrough(self) -> list[str]:
+        if self._walkthrough is None:
+            self.reset()
+        return list(self._walkthrough or [])
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class TextWorldEnv(TextWorldGame):
     """One TextWorld game file (``.z8`` with its ``.json`` beside it)."""
 
     def __init__(self, game: str | Path, max_steps: int = 20) -> None:
@@ -131,12 +149,3 @@ class TextWorldEnv(TextEnv):
             state, score, done = self.env.step(" ".join(words))
         over = bool(done or state["lost"])
         return self._observe(state, state.feedback), float(score), over, bool(state["won"])
-
-    @property
-    def walkthrough(self) -> list[str]:
-        if self._walkthrough is None:
-            self.reset()
-        return list(self._walkthrough or [])
-
-    def close(self) -> None:
-        self.env.close()

@@ -297,8 +297,10 @@ def math500(inputs: ReportInputs) -> Section:
                     "and grader).\n", metrics=headline)
 
 
-AGENT_ROWS = (("sft", "Token SFT (walkthroughs)"), ("fta", "CoLA FTA (walkthroughs)"),
-              ("rl-token", "Token-RL (agent)"), ("rl-cola", "CoLA-RL (agent)"))
+AGENT_RL_ROWS = (("rl-token", "Token-RL (agent)"), ("rl-cola", "CoLA-RL (agent)"))
+AGENT_ROWS = (("random", "Random admissible agent"), ("base", "Base (token, before SFT)"),
+              ("bc", "CoLA BC (before FTA)"), ("sft", "Token SFT (walkthroughs)"),
+              ("fta", "CoLA FTA (walkthroughs)"), *AGENT_RL_ROWS)
 
 
 def agent(inputs: ReportInputs) -> Section:
@@ -324,7 +326,7 @@ def agent(inputs: ReportInputs) -> Section:
              _num(m.get(f"{name}/perplexity"), 3)] for name, label in AGENT_ROWS]
     deltas = [[label, *[delta(name, key) for key in
                         ("seen_success", "unseen_success", "spell_acc", "wrev_acc", "perplexity")]]
-              for name, label in AGENT_ROWS[2:]]
+              for name, label in AGENT_RL_ROWS]
     cola, token = m.get("rl-cola/unseen_success"), m.get("rl-token/unseen_success")
     headline = {"cola_minus_token/unseen_success": cola - token} if None not in (cola, token) else {}
     return _section(
@@ -333,9 +335,11 @@ def agent(inputs: ReportInputs) -> Section:
                 "spell", "wrev", "val ppl"], body) + "\n",
         _table(["RL run − its start", "Δ seen success", "Δ unseen success", "Δ spell", "Δ wrev", "Δ val ppl"],
                deltas) + "\n",
-        "Greedy episodes, one per game (± binomial standard error); seen games share the training games' "
-        "settings, unseen games have more rooms and objects. Spell and wrev are retention tasks no agent "
-        "stage trains on.\n", metrics={f"agent/{k}": v for k, v in headline.items()})
+        "Greedy episodes, one per game (± binomial standard error); the random agent plays "
+        f"{_num(m.get('random/seen_games'), 0)} seeded episodes per split, each command drawn from the "
+        "admissible ones. Seen games share the training games' settings, unseen games have more rooms and "
+        "objects. Spell and wrev are retention tasks no agent stage trains on.\n",
+        metrics={f"agent/{k}": v for k, v in headline.items()})
 
 
 def plots(names: Iterable[str]) -> Section:

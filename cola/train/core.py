@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from cola.config import OptimConfig
 from cola.io import atomic_dir
 from cola.model.sampling import BatchRows, NoiseSource
+from cola.train import recompute
 from cola.train.distributed import Processes
 from cola.train.losses import LossOutput
 
@@ -101,6 +102,8 @@ class Trainer:
         self.params = [p for _, p in self.named_params]
         # The model is moved, not wrapped: gradients are averaged by `Processes` (see cola.train.distributed).
         self.model = model.to(self.accelerator.device)
+        if recompute.requested():
+            recompute.enable_gradient_checkpointing(self.model)
         self.optimizer = make_optimizer(self.named_params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda s: cosine_with_warmup(s, cfg))
