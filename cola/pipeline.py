@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -132,9 +133,17 @@ def launch_command(launch: LaunchConfig, script: str, argv: Sequence[str]) -> li
     return [*command, script, *argv]
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, a scheduler's preemption, DVC stopping its stage) exit through Python's
+    unwinding, as an error does: the temporary folder of a half-written output is removed
+    (`cola.io.atomic_dir`) instead of being left beside it. Exit code 143 (128 + SIGTERM), as for a kill."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def _run(name: str, main: Callable[[StageContext], None], paths: Sequence[str],
          choices: Mapping[str, Sequence[str]], argv: Sequence[str] | None, launchable: bool,
          section: str) -> None:
+    exit_on_sigterm()
     paths = [*paths, *METRICS_PATHS]
     argv = list(sys.argv[1:] if argv is None else argv)
     args = stage_parser(name, paths, choices).parse_args(argv)

@@ -33,7 +33,8 @@ class AgentConfig(RuntimeConfig):
                                           "name every quest step after a flavour sentence: ~150-320 "
                                           "characters).", min=16)
     show_admissible: bool = param(True, "List the commands the game accepts in the prompt.")
-    max_new_tokens: int = param(12, "The longest reply per turn.", min=1)
+    max_new_tokens: int = param(32, "The longest reply per turn (the tiny tokenizer spells a TextWorld "
+                                    "command in up to 33 tokens; 12 cut a fifth of them).", min=1)
     ft_steps: int = param(200, "Optimizer steps of walkthrough fine-tuning (FTA for CoLA, SFT for the "
                                "token baseline; the rest of their optimiser from the fta / sft sections).",
                           min=1)
