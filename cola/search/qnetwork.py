@@ -39,10 +39,13 @@ class QNetwork(PreTrainedModel):
 
     def __init__(self, config: QNetworkConfig, decoder: nn.Module | None = None) -> None:
         super().__init__(config)
-        if decoder is None:
+        if decoder is None:  # from_config / from_pretrained: transformers initialises (or loads) it
             decoder = AutoModelForCausalLM.from_config(config.base_config).get_decoder()
-        for module in decoder.modules():  # a copied decoder keeps its weights through post_init
-            module._is_hf_initialized = True
+        else:  # a copied decoder keeps its weights through post_init
+            # Only here: flagged under from_pretrained, the loader skipped the non-persistent buffers too (the
+            # rotary inv_freq stayed uninitialised memory: garbage positions, sometimes NaN Q-values).
+            for module in decoder.modules():
+                module._is_hf_initialized = True
         self.decoder = decoder
         self.q_head = nn.Linear(config.base_config.hidden_size, config.num_actions, bias=False)
         self.post_init()
