@@ -4,6 +4,7 @@ win."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import sys
@@ -303,3 +304,59 @@ def test_a_missing_backend_or_data_is_one_line_saying_what_to_do(monkeypatch) ->
     monkeypatch.setitem(sys.modules, "fast_downward", None)  # the planner not installed
     with pytest.raises(EnvUnavailableError, match="need TextWorld's planner: pip install 'fast-downward-"):
         AlfWorldEnv(ALFWORLD_DATA / "kitchen.pddl")
+
+
+@pytest.fixture
+def alfworld_data(tmp_path, monkeypatch) -> Path:
+    """$ALFWORLD_DATA shaped as ALFWorld's download, holding one hand-written game (tests/data/alfworld)."""
+    from cola.envs.alfworld_env import pddl_game
+
+    pytest.importorskip("fast_downward", reason="TextWorld's PDDL planner (fast-downward-textworld)")
+    game = pddl_game(*[(ALFWORLD_DATA / name).read_text()
+                       for name in ("kitchen.pddl", "kitchen.problem.pddl", "kitchen.twl2")])
+    trial = tmp_path / "json_2.1.1" / "valid_seen" / "pick_and_place-apple-diningtable" / "trial_0"
+    trial.mkdir(parents=True)
+    (trial / "game.tw-pddl").write_text(json.dumps(game))
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path))
+    return tmp_path
+
+
+def test_the_alfworld_adapter_plays_a_hand_written_pddl_game_offline(alfworld_data) -> None:
+    from cola.envs.alfworld_env import AlfWorldEnv, alfworld_games
+
+    (game,) = alfworld_games("valid_seen")
+    env = AlfWorldEnv(game, max_steps=10)
+    try:
+        first = env.start_episode()
+        assert first.objective == "put the apple on the diningtable."
+        assert first.admissible == ["go to countertop", "go to diningtable", "go to fridge"]
+        walkthrough = env.walkthrough  # the planner's, from the PDDL problem
+        assert walkthrough == ["go to countertop", "take apple from countertop", "go to diningtable",
+                               "put apple in/on diningtable"]
+        invalid = env.step("take the mug")
+        assert not invalid.valid and not invalid.done and invalid.observation.text == "Nothing happens."
+        steps = [env.step(command) for command in walkthrough]
+        assert all(s.valid for s in steps) and [s.reward for s in steps] == [0, 0, 0, 1]
+        assert steps[-1].won and steps[-1].done and not any(s.done for s in steps[:-1])
+        env.start_episode()
+        short = [env.step(command) for command in walkthrough[:-1]]
+        assert not short[-1].won and short[-1].score == 0
+    finally:
+        env.close()
+    with pytest.raises(EnvUnavailableError, match=r"no ALFWorld games under .*valid_unseen\. ALFWorld's"):
+        alfworld_games("valid_unseen")
+
+
+def test_cola_play_plays_an_alfworld_game(alfworld_data, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cola.cli import app
+    from cola.envs.alfworld_env import alfworld_games
+    from tests.test_harness import build_assets
+
+    assets = build_assets(tmp_path / "models")
+    result = CliRunner().invoke(app, ["play", str(assets["root"] / "cola"), "--game",
+                                      str(alfworld_games()[0]), "--max-steps", "2", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Goal: put the apple on the diningtable.") and "2. > " in result.stdout
+    assert "walkthrough (4 steps): go to countertop / take apple from countertop" in result.stderr
