@@ -25,8 +25,8 @@ from results_io import parse_bench_args, write_result  # bench/ is on sys.path: 
 
 from cola.base.tiny import build_tiny_base
 from cola.config import TinyBaseConfig, load_stage_config
+from cola.envs.data import prompt_style
 from cola.envs.episodes import play_episodes
-from cola.envs.protocol import PromptStyle
 from cola.envs.textworld_env import GameSettings, TextWorldEnv, make_game
 from cola.rl.policies import LatentActionPolicy, TokenPolicy
 from cola.train.latent import cola_from_base
@@ -65,13 +65,15 @@ def main() -> None:
     base, tokenizer = build_tiny_base(text * 50, TinyBaseConfig(), seed=0)
     cola = cola_from_base(base, load_stage_config("latent", ROOT / "params.yaml")[0].cola).eval()
     policies = {"cola": LatentActionPolicy(cola, tokenizer), "token": TokenPolicy(base.eval(), tokenizer)}
-    style = PromptStyle(history=2, max_observation_chars=160)
+    agent = load_stage_config("agent", ROOT / "params.yaml")[0]  # the default profile's prompt, reply sizes
+    style = prompt_style(agent)
 
     def run(policy) -> tuple[float, float, int]:
         envs = [TimedEnv(game, max_steps=max_steps) for game in games for _ in range(group)]
         TimedEnv.clock[0] = 0.0
         start = time.perf_counter()
-        episodes, _ = play_episodes(policy, envs, style, 12, torch.Generator().manual_seed(0))
+        noise = torch.Generator().manual_seed(0)
+        episodes, _ = play_episodes(policy, envs, style, agent.max_new_tokens, noise)
         seconds = time.perf_counter() - start
         for env in envs:
             env.close()
@@ -94,7 +96,7 @@ def main() -> None:
         print(f"{r['policy']:<8}{r['episodes_s']:>12.2f}{r['engine_share']:>14.2f}{r['model_share']:>13.2f}"
               f"{r['turns']:>7}")
     write_result(args.out, {"games": n_games, "group": group, "max_steps": max_steps, "repeats": repeats,
-                            "rows": rows})
+                            "max_new_tokens": agent.max_new_tokens, "rows": rows})
 
 
 if __name__ == "__main__":
