@@ -161,7 +161,10 @@ def test_full_dag_fills_the_report_and_an_rl_experiment_reruns_only_rl(project):
         "cola_mcts_minus_bon_oracle/math", "cola_mcts_minus_bon_oracle/countdown"}
     assert "Off in this profile (`math500.enabled: false`)" in report.split("## 8. MATH-500")[1]
     agents = report.split("## 9. Agent tasks (TextWorld)")[1]  # every agent model on seen and unseen games
-    assert "Not run" not in agents and agents.count(" ± ") >= 8 and "CoLA-RL (agent)" in agents
+    assert "Not run" not in agents and agents.count(" ± ") >= 14 and "CoLA-RL (agent)" in agents
+    # the rates fine-tuning must rise above: a seeded random admissible agent and the models before it
+    assert all(f"| {label} | " in agents for label in ("Random admissible agent", "Base (token, before SFT)",
+                                                        "CoLA BC (before FTA)"))
     assert "agent/cola_minus_token/unseen_success" in headline
     budget = json.loads((root / "plots" / "mcts" / "math.json").read_text())
     assert [row["rounds"] for row in budget] == [1, 2] and "cola_bon_oracle_passes" in budget[0]
