@@ -24,7 +24,7 @@ from cola.model.checkpoint import load_model_and_tokenizer
 from cola.results import StageResult
 from cola.rl.grpo import build_policy
 
-__all__ = ["play_split", "run_agent_eval"]
+__all__ = ["episode_summary", "play_split", "random_agent", "run_agent_eval"]
 
 RETENTION_TASKS = ("spell", "wrev")
 
