@@ -6,16 +6,17 @@ initialised Llama of about 0.5B parameters made from a config, wrapped in CoLA m
 proportions. It prints a table and writes JSON (bench/results/gpu_check.json); a part that fails records its
 error and the others still run:
 
-- decode tokens/s, CoLA latent decoding vs the base's own `generate` (greedy, KV caches), at batch 1 and 64,
-  with the speed ratio, the FLOP ideal (base / (base + policy + merge) matmul FLOPs per token) and the
-  efficiency (ratio / ideal; target ≥ 0.9 at batch 64);
-- latent-pretraining tokens/s in bf16 through the training core, and its model FLOP utilisation: model FLOPs
-  per token (2 × frozen base parameters for the forward without gradient, 6 × trained parameters, 4 × the LM
-  head the world model back-propagates through; attention's own FLOPs left out) × tokens/s over the GPU's peak
-  dense bf16 FLOP/s (`--peak-tflops`, known for H100/H200/A100; target ≥ 35 %);
+- decode tokens/s, CoLA latent decoding vs the base's own `generate` (greedy, KV caches) in bf16, at batch 1
+  and 64, first eager on dynamic caches, then both on static caches with a compiled step (the fast path), with
+  the speed ratio, the FLOP ideal (base / (base + policy + merge) matmul FLOPs per token) and the efficiency
+  (ratio / ideal; target ≥ 0.9 at batch 64);
+- latent-pretraining tokens/s in bf16 through the training core (8 and 32 windows a step), and its model FLOP
+  utilisation: model FLOPs per token (2 × frozen base parameters for the forward without gradient, 6 × trained
+  parameters, 4 × the LM head the world model back-propagates through; attention's own FLOPs left out) ×
+  tokens/s over the GPU's peak dense bf16 FLOP/s (`--peak-tflops`, known for H100/H200/A100; target ≥ 35 %);
 - the seconds of one GRPO step for CoLA (latent actions, policy update) and for the token baseline (whole LM).
 
-`--quick` shrinks everything for a CPU smoke run (tests/test_bench.py runs it; the numbers mean nothing).
+`--quick` shrinks everything for a CPU smoke run (tests/test_gpu_check.py runs it; the numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 FULL = dict(vocab=32000, hidden_size=1536, intermediate_size=4096, layers=18, heads=16, kv_heads=4,
             idm_layers=2, policy_layers=4, prompt=64, new_tokens=128, batches=(1, 64), repeats=3,
-            train_batch=8, seq_len=1024, train_steps=10, prompts=16, group=8)
+            train_batches=(8, 32), seq_len=1024, train_steps=10, prompts=16, group=8)
 QUICK = dict(vocab=512, hidden_size=64, intermediate_size=128, layers=2, heads=4, kv_heads=2,
              idm_layers=1, policy_layers=1, prompt=8, new_tokens=8, batches=(1, 4), repeats=1,
-             train_batch=4, seq_len=32, train_steps=2, prompts=2, group=2)
+             train_batches=(4,), seq_len=32, train_steps=2, prompts=2, group=2)
 
 
 def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
@@ -86,25 +87,28 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def decode(cola, shape: dict, batch: int, device: torch.device) -> dict:
-    """Base `generate` vs CoLA decoding at one batch size, alternating repeats."""
+def decode(cola, shape: dict, batch: int, device: torch.device, fast: bool) -> dict:
+    """Base `generate` vs CoLA decoding at one batch size, alternating repeats. `fast`: both on static KV
+    caches with the decode step compiled (the base: `generate(cache_implementation="static")`, which compiles
+    its forward on a GPU; CoLA: `generate_latent(fast_path=True)`); otherwise both eager on dynamic caches."""
     base, n = cola.base, shape["new_tokens"]
     seeded = torch.Generator().manual_seed(1)
     ids = torch.randint(2, shape["vocab"], (batch, shape["prompt"]), generator=seeded).to(device)
     mask = torch.ones_like(ids)
+    static = {"cache_implementation": "static"} if fast else {}
 
     @torch.no_grad()
     def run_base():
         out = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                            do_sample=False, pad_token_id=0)
+                            do_sample=False, pad_token_id=0, **static)
         assert out.shape[1] == shape["prompt"] + n
 
     def run_cola():
-        out = cola.generate_latent(ids, mask, max_new_tokens=n, action_mode="sample",
+        out = cola.generate_latent(ids, mask, max_new_tokens=n, action_mode="sample", fast_path=fast,
                                    generator=torch.Generator().manual_seed(0))
         assert out.sequences.shape[1] == shape["prompt"] + n
 
-    run_base(), run_cola()  # warm-up (kernels, allocator)
+    warm = {"base_first_call_s": timed(run_base, device), "cola_first_call_s": timed(run_cola, device)}
     base_s, cola_s = [], []
     for _ in range(shape["repeats"]):
         base_s.append(timed(run_base, device))
@@ -112,19 +116,39 @@ def decode(cola, shape: dict, batch: int, device: torch.device) -> dict:
     ideal, params = flop_ideal(cola)
     base_tps, cola_tps = batch * n / statistics.median(base_s), batch * n / statistics.median(cola_s)
     ratio = cola_tps / base_tps
-    return {"batch": batch, "base_tok_s": base_tps, "cola_tok_s": cola_tps, "speed_ratio": ratio,
-            "flop_ideal": ideal, "efficiency": ratio / ideal, "matmul_params": params}
+    path = ("static+compiled" if device.type == "cuda" else "static") if fast else "eager"
+    return {"batch": batch, "path": path, "dtype": str(cola.dtype),
+            "base_tok_s": base_tps, "cola_tok_s": cola_tps, "speed_ratio": ratio, "flop_ideal": ideal,
+            "efficiency": ratio / ideal, "matmul_params": params, **warm}
 
 
-def latent_training(cola, shape: dict, device: torch.device, peak: float | None) -> dict:
-    """Latent pretraining steps in bf16 (CPU: fp32) through the training core; tokens/s and MFU."""
+def decode_all(cola, shape: dict, device: torch.device, fast: bool) -> list[dict]:
+    """Every batch size on one path, on a bf16 copy on a GPU (the precision RL decodes in)."""
+    import copy
+
+    model = copy.deepcopy(cola).to(torch.bfloat16) if device.type == "cuda" else cola
+    rows = []
+    for batch in shape["batches"]:
+        row = attempt(f"decode batch {batch} fast={fast}",
+                      lambda b=batch: decode(model, shape, b, device, fast))
+        rows.append(row)
+        if "error" not in row:
+            print(f"{row['path']:>16}{row['batch']:>6}{row['base_tok_s']:>12.0f}{row['cola_tok_s']:>12.0f}"
+                  f"{row['speed_ratio']:>8.2f}{row['flop_ideal']:>8.2f}{row['efficiency']:>7.2f}"
+                  f"{row['cola_first_call_s']:>9.1f}")
+    return rows
+
+
+def latent_training(cola, shape: dict, batch: int, device: torch.device, peak: float | None) -> dict:
+    """Latent pretraining steps of `batch` windows in bf16 (CPU: fp32) through the training core; tokens/s
+    and MFU."""
     from cola.config import LatentConfig
     from cola.train.core import BatchTrainer
     from cola.train.losses import latent_pretraining_loss
 
     cola.set_stage("latent")
     steps = shape["train_steps"]
-    cfg = LatentConfig(steps=steps + 2, batch_size=shape["train_batch"], seq_len=shape["seq_len"], lr=1e-4,
+    cfg = LatentConfig(steps=steps + 2, batch_size=batch, seq_len=shape["seq_len"], lr=1e-4,
                        warmup_steps=1, log_every=steps + 2, checkpoint_every=10**6, threads=1)
     tokens = torch.randint(2, shape["vocab"], (200_000,), generator=torch.Generator().manual_seed(2))
 
@@ -148,7 +172,8 @@ def latent_training(cola, shape: dict, device: torch.device, peak: float | None)
     head = matmul_params(cola.base.lm_head)
     flops_per_token = 2 * frozen + 6 * trained + 4 * head
     cola.set_stage("frozen")
-    return {"tokens_per_second": tps, "flops_per_token": flops_per_token, "trained_params": trained,
+    return {"batch": batch, "seq_len": cfg.seq_len, "tokens_per_second": tps,
+            "flops_per_token": flops_per_token, "trained_params": trained,
             "mfu": flops_per_token * tps / (peak * 1e12) if peak else None,
             "precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no")}
 
@@ -171,9 +196,9 @@ def grpo_steps(cola, shape: dict, tokenizer) -> dict:
                               max_new_tokens=shape["new_tokens"], seed=0)
         trainer.advance()
         metrics = trainer.advance()
-        out[method] = {"seconds_per_step": metrics["seconds_per_step"],
-                       "seconds_generation": metrics["seconds_generation"],
-                       "seconds_update": metrics["seconds_update"]}
+        kept = ("seconds_per_step", "seconds_generation", "seconds_update", "seconds_reward",
+                "seconds_reference", "response_length")
+        out[method] = {k: metrics[k] for k in kept}
         del trainer
     return out
 
@@ -199,23 +224,33 @@ def main() -> None:
           f"parameters; torch {torch.__version__}")
     start = time.perf_counter()
     result: dict = {"device": name, "peak_tflops": peak, "quick": args.quick, **size}
-    result["decode"] = attempt("decode", lambda: [decode(cola, shape, b, device) for b in shape["batches"]])
-    if isinstance(result["decode"], list):
-        print(f"{'batch':>6}{'base tok/s':>12}{'CoLA tok/s':>12}{'ratio':>8}{'ideal':>8}{'eff.':>7}")
-        for r in result["decode"]:
-            print(f"{r['batch']:>6}{r['base_tok_s']:>12.0f}{r['cola_tok_s']:>12.0f}{r['speed_ratio']:>8.2f}"
-                  f"{r['flop_ideal']:>8.2f}{r['efficiency']:>7.2f}")
-    train = result["latent_training"] = attempt("latent", lambda: latent_training(cola, shape, device, peak))
-    if "error" not in train:
-        mfu = f"{100 * train['mfu']:.1f} %" if train["mfu"] is not None else "unknown peak (--peak-tflops)"
-        print(f"latent pretraining: {train['tokens_per_second']:.0f} tok/s ({train['precision']}), MFU {mfu}")
+    print(f"{'decode':>16}{'batch':>6}{'base tok/s':>12}{'CoLA tok/s':>12}{'ratio':>8}{'ideal':>8}{'eff.':>7}"
+          f"{'1st s':>9}")
+    result["decode"] = decode_all(cola, shape, device, fast=False)
+    write_result(args.out, result)  # after every part: a run cut short keeps what it measured
+    result["latent_training"] = []
+    for batch in shape["train_batches"]:
+        train = attempt(f"latent batch {batch}",
+                        lambda b=batch: latent_training(cola, shape, b, device, peak))
+        result["latent_training"].append(train)
+        if "error" not in train:
+            mfu = (f"{100 * train['mfu']:.1f} %" if train["mfu"] is not None
+                   else "unknown peak (--peak-tflops)")
+            print(f"latent pretraining, {batch} x {train['seq_len']} tokens a step: "
+                  f"{train['tokens_per_second']:.0f} tok/s ({train['precision']}), MFU {mfu}")
+        write_result(args.out, result)
+    result["decode"] += decode_all(cola, shape, device, fast=True)  # compiles: after the quick parts
+    write_result(args.out, result)
     grpo = result["grpo"] = attempt("grpo", lambda: grpo_steps(cola, shape, word_tokenizer(shape["vocab"])))
     for method, g in (grpo.items() if "error" not in grpo else []):
-        print(f"GRPO step, {method}: {g['seconds_per_step']:.2f} s (generation "
-              f"{g['seconds_generation']:.2f} s, update {g['seconds_update']:.2f} s)")
+        print(f"GRPO step, {method}: {g['seconds_per_step']:.2f} s "
+              f"(generation {g['seconds_generation']:.2f} s, "
+              f"update {g['seconds_update']:.2f} s of which reference {g['seconds_reference']:.2f} s, "
+              f"{g['response_length']:.0f} tokens a response)")
     result["seconds"] = time.perf_counter() - start
     write_result(args.out, result)
-    if any(isinstance(part, dict) and "error" in part for part in result.values()):
+    parts = [*result["decode"], *result["latent_training"], result["grpo"]]
+    if any("error" in part for part in parts):
         sys.exit(1)
 
 

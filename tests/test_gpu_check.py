@@ -26,7 +26,8 @@ def test_the_gpu_check_runs_every_part_with_only_the_training_stack(tmp_path) ->
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "IMPORTED []" in done.stdout
     result = json.loads(out.read_text())
-    assert [row["batch"] for row in result["decode"]] == [1, 4]
+    assert [(row["path"], row["batch"]) for row in result["decode"]] == [
+        ("eager", 1), ("eager", 4), ("static", 1), ("static", 4)]
     assert all(row["base_tok_s"] > 0 and 0 < row["flop_ideal"] < 1 for row in result["decode"])
-    assert result["latent_training"]["tokens_per_second"] > 0
+    assert [row["tokens_per_second"] > 0 for row in result["latent_training"]] == [True]
     assert set(result["grpo"]) == {"cola", "token"}

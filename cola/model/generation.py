@@ -22,6 +22,7 @@ import torch
 
 from cola.model.inputs import left_padded_positions
 from cola.model.sampling import NoiseSource, sample_top_k, uniform
+from cola.model.static_decoding import fast_path_default, static_steps
 
 ActionMode = Literal["sample", "greedy", "forced", "random"]
 
@@ -97,6 +98,7 @@ class LatentGenerationMixin:
         return_hidden: bool = False,
         num_samples: int = 1,
         caches: tuple | None = None,
+        fast_path: bool | None = None,
     ) -> LatentGeneration:
         """Decode up to `max_new_tokens` tokens per prompt, one latent action per token.
 
@@ -118,9 +120,23 @@ class LatentGenerationMixin:
             caches: (base, policy) KV caches of a prefix of `input_ids` shorter than it, from an earlier call
                 (the search's nodes): only the rest is run. They are extended in place; pass copies to keep
                 them.
+            fast_path: static KV caches and a compiled decode step (`cola.model.static_decoding`); None:
+                on CUDA devices when decoding from scratch with caches. The same tokens and actions.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if fast_path is None:
+            fast_path = use_cache and caches is None and fast_path_default(input_ids.device)
+        static = None
+        if fast_path:
+            if caches is not None or not use_cache:
+                raise ValueError("the fast path decodes from scratch with caches (no `caches`, use_cache)")
+            # Static caches have one batch size: the samples of a group are rows from the prompt pass on.
+            input_ids = input_ids.repeat_interleave(num_samples, 0)
+            attention_mask = attention_mask.repeat_interleave(num_samples, 0)
+            num_samples = 1
+            static = static_steps(self, input_ids.shape[0], input_ids.shape[1] + max_new_tokens,
+                                  compile_step=input_ids.device.type == "cuda")
         eos = torch.tensor(
             [] if eos_token_id is None
             else [eos_token_id] if isinstance(eos_token_id, int)
@@ -139,7 +155,9 @@ class LatentGenerationMixin:
         step_ids, step_positions = sequences[:, cached:], left_padded_positions(mask)[:, cached:]
 
         for _ in range(max_new_tokens):
-            if use_cache:
+            if static is not None:
+                h, w = static(step_ids, mask, step_positions)
+            elif use_cache:
                 h, base_cache = self.base_hidden(step_ids, mask, step_positions, base_cache, use_cache=True)
                 w, policy_cache = self.policy_logits(h, mask, step_positions, policy_cache, use_cache=True)
             else:
@@ -152,7 +170,7 @@ class LatentGenerationMixin:
                     t.repeat_interleave(num_samples, 0)
                     for t in (sequences, mask, attention_mask, step_positions))
                 done = done.repeat_interleave(num_samples)
-                if use_cache:
+                if use_cache and static is None:
                     base_cache.batch_repeat_interleave(num_samples)
                     policy_cache.batch_repeat_interleave(num_samples)
             if return_hidden:
@@ -189,5 +207,5 @@ class LatentGenerationMixin:
             prompt_length=prompt_length,
             attention_mask=torch.cat([attention_mask.long(), response_mask.long()], dim=1),
             hidden=torch.cat(hiddens, dim=1) if return_hidden else None,
-            caches=(base_cache, policy_cache) if use_cache else None,
+            caches=(base_cache, policy_cache) if use_cache and static is None else None,
         )

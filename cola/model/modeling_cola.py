@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from cola.model.configuration_cola import CoLAConfig
 from cola.model.generation import LatentGenerationMixin
 from cola.model.inputs import left_padded_positions
+from cola.model.kv_cache import returned_cache, with_cache
 from cola.model.sampling import NoiseSource, uniform
 
 # Trainable groups of cola-spec.md §7. `base` is the decoder without its final norm; `head` is N_f + W_lm.
@@ -220,9 +221,9 @@ class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
         """h = N_f(base(x)): the final-normed hidden state the LM head normally reads; returns (h, cache)."""
         out = self.base.get_decoder()(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, use_cache=use_cache,
+            **with_cache(cache, use_cache),
         )
-        return out.last_hidden_state, out.cache
+        return out.last_hidden_state, returned_cache(out)
 
     def idm_logits(
         self,
@@ -253,9 +254,9 @@ class CoLAForCausalLM(CoLAPreTrainedModel, LatentGenerationMixin):
         """Policy logits w (B, T, K) from x_{≤t} only; returns (w, cache)."""
         out = self.policy(
             inputs_embeds=h.detach(), attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, use_cache=use_cache,
+            **with_cache(cache, use_cache),
         )
-        return self.policy_head(out.last_hidden_state), out.cache
+        return self.policy_head(out.last_hidden_state), returned_cache(out)
 
     def action_embedding(self, actions: torch.Tensor) -> torch.Tensor:
         """e = C·a for action indices (…) or (relaxed) one-hot vectors (…, K)."""

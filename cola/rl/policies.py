@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cola.model import inputs
 from cola.model.inputs import left_padded_positions, pad_token_id
+from cola.model.kv_cache import returned_cache, with_cache
 from cola.model.modeling_cola import CoLAForCausalLM
 from cola.model.sampling import NoiseSource, sample_top_k
 
@@ -191,10 +192,10 @@ def _latent_logprobs(stack: nn.Module, head: nn.Module, temperature: float, roll
         raise ValueError("a latent rollout needs its recorded hidden states and actions")
 
     def run(h: Tensor, mask: Tensor, positions: Tensor, cache: Any, use_cache: bool, keep: int | None):
-        out = stack(inputs_embeds=h, attention_mask=mask, position_ids=positions, cache=cache,
-                    use_cache=use_cache)
+        out = stack(inputs_embeds=h, attention_mask=mask, position_ids=positions,
+                    **with_cache(cache, use_cache))
         states = out.last_hidden_state
-        return head(states if keep is None else states[:, -keep:]), out.cache
+        return head(states if keep is None else states[:, -keep:]), returned_cache(out)
 
     # h is a constant here: the policy reads sg(h) (cola-spec.md §9 item 4), so no gradient reaches the base.
     w = score_positions(run, rollout.hidden.detach(), rollout.attention_mask[:, :-1], rollout.prompt_length,
@@ -292,9 +293,9 @@ def _token_logprobs(model: PreTrainedModel, temperature: float, rollout: Rollout
     P − 1 … P + N − 2, which score the N response tokens."""
 
     def run(ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, use_cache: bool, keep: int | None):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                    use_cache=use_cache, logits_to_keep=keep or 0)
-        return out.logits, out.cache
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    logits_to_keep=keep or 0, **with_cache(cache, use_cache))
+        return out.logits, returned_cache(out)
 
     logits = score_positions(run, rollout.sequences[:, :-1], rollout.attention_mask[:, :-1],
                              rollout.prompt_length, rollout.group_size, share_prompt)
@@ -353,7 +354,7 @@ class TokenPolicy:
         g = group_size if self.share_prompt else 1
         out = self.model(input_ids=ids[::g], attention_mask=prompt_mask[::g], position_ids=positions[::g],
                          use_cache=True, logits_to_keep=1)
-        cache, logits = out.cache, out.logits[:, -1].repeat_interleave(g, dim=0)
+        cache, logits = returned_cache(out), out.logits[:, -1].repeat_interleave(g, dim=0)
         if g > 1:
             cache.batch_repeat_interleave(g)
 
@@ -378,8 +379,8 @@ class TokenPolicy:
                 break
             step_positions = step_positions + 1
             out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=step_positions,
-                             cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[:, -1]
+                             **with_cache(cache, True))
+            cache, logits = returned_cache(out), out.logits[:, -1]
 
         response_mask = torch.stack(alive, 1)
         return Rollout(

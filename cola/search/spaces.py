@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cola.model.kv_cache import returned_cache, with_cache
+
 
 @dataclass
 class State:
@@ -106,10 +108,10 @@ class TokenSpace:
     @torch.no_grad()
     def state(self, ids: tuple[int, ...], parent: State | None = None) -> State:
         new, positions, cache = _new_tokens(ids, parent, self.use_cache)
-        out = self.model(input_ids=new, position_ids=positions, cache=cache, use_cache=self.use_cache)
+        out = self.model(input_ids=new, position_ids=positions, **with_cache(cache, self.use_cache))
         self.passes += 1
         probs = torch.softmax(out.logits[0, -1].float(), dim=-1)
-        return State(ids, probs, out.cache if self.use_cache else None)
+        return State(ids, probs, returned_cache(out) if self.use_cache else None)
 
     def token(self, state: State, action: int) -> int:
         return action
@@ -125,8 +127,8 @@ class TokenSpace:
         tokens: list[int] = []
         probs: list[float] = []
         for _ in range(max_new_tokens):
-            out = self.model(input_ids=step, position_ids=positions, cache=cache, use_cache=True)
-            cache, p = out.cache, torch.softmax(out.logits[0, -1].float(), dim=-1)
+            out = self.model(input_ids=step, position_ids=positions, **with_cache(cache, True))
+            cache, p = returned_cache(out), torch.softmax(out.logits[0, -1].float(), dim=-1)
             token = int(p.argmax())
             tokens.append(token)
             probs.append(float(p[token]))
