@@ -139,9 +139,10 @@ def decode_all(cola, shape: dict, device: torch.device, fast: bool) -> list[dict
     return rows
 
 
-def latent_training(cola, shape: dict, batch: int, device: torch.device, peak: float | None) -> dict:
+def latent_training(cola, shape: dict, batch: int, device: torch.device, peak: float | None,
+                    profile_to: Path | None = None) -> dict:
     """Latent pretraining steps of `batch` windows in bf16 (CPU: fp32) through the training core; tokens/s
-    and MFU."""
+    and MFU; with `profile_to`, one more step runs under the profiler (`<profile_to>.latent_<batch>.txt`)."""
     from cola.config import LatentConfig
     from cola.train.core import BatchTrainer
     from cola.train.losses import latent_pretraining_loss
@@ -166,6 +167,10 @@ def latent_training(cola, shape: dict, batch: int, device: torch.device, peak: f
     trainer = BatchTrainer(cola, loss, Windows(), cfg, description="latent (bench)")
     trainer.advance(), trainer.advance()  # warm-up
     seconds = timed(lambda: [trainer.advance() for _ in range(steps)], device)
+    if profile_to is not None:
+        with profiled(True) as profiler:
+            trainer.advance()
+        write_profile(profiler, profile_to.with_suffix(f".latent_{batch}.txt"))
     tps = steps * cfg.batch_size * cfg.seq_len / seconds
     trained = sum(p.numel() for p in cola.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in cola.base.parameters())
@@ -178,8 +183,10 @@ def latent_training(cola, shape: dict, batch: int, device: torch.device, peak: f
             "precision": os.environ.get("ACCELERATE_MIXED_PRECISION", "no")}
 
 
-def grpo_steps(cola, shape: dict, tokenizer) -> dict:
-    """Seconds of one GRPO step (after one warm-up step) for each action space, on a length reward."""
+def grpo_steps(cola, shape: dict, tokenizer, profile_to: Path | None = None) -> dict:
+    """Seconds of one GRPO step (after one warm-up step) for each action space, on a length reward; with
+    `profile_to`, the timed step runs under torch's profiler and its busiest operations (self CPU time, self
+    device time) go to `<profile_to>.grpo_<method>.txt`."""
     import copy
 
     from cola.config import RLConfig
@@ -195,12 +202,39 @@ def grpo_steps(cola, shape: dict, tokenizer) -> dict:
                               lambda completion, _ex: len(completion.split()) / 100,
                               max_new_tokens=shape["new_tokens"], seed=0)
         trainer.advance()
-        metrics = trainer.advance()
+        profiler = profiled(profile_to is not None)
+        with profiler:
+            metrics = trainer.advance()
+        if profile_to is not None:
+            write_profile(profiler, profile_to.with_suffix(f".grpo_{method}.txt"))
         kept = ("seconds_per_step", "seconds_generation", "seconds_update", "seconds_reward",
                 "seconds_reference", "response_length")
         out[method] = {k: metrics[k] for k in kept}
         del trainer
     return out
+
+
+def profiled(active: bool):
+    """torch's profiler over CPU and (when there is one) CUDA activity, or a do-nothing context."""
+    import contextlib
+
+    from torch.profiler import ProfilerActivity, profile
+
+    if not active:
+        return contextlib.nullcontext()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return profile(activities=activities, record_shapes=False)
+
+
+def write_profile(profiler, path: Path) -> None:
+    """The 30 operations with the most self CPU time, then (on a GPU) the 30 with the most device time."""
+    table = profiler.key_averages()
+    parts = [table.table(sort_by="self_cpu_time_total", row_limit=30)]
+    if torch.cuda.is_available():
+        parts.append(table.table(sort_by="self_device_time_total", row_limit=30))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(parts))
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -209,7 +243,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a CPU smoke run")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s of the GPU")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check.json")
+    parser.add_argument("--parts", default="decode,latent,fast,grpo",
+                        help="comma-separated parts to run: decode (eager), latent, fast (decode), grpo")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the timed GRPO steps (tables beside --out)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     shape = QUICK if args.quick else FULL
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -226,12 +265,14 @@ def main() -> None:
     result: dict = {"device": name, "peak_tflops": peak, "quick": args.quick, **size}
     print(f"{'decode':>16}{'batch':>6}{'base tok/s':>12}{'CoLA tok/s':>12}{'ratio':>8}{'ideal':>8}{'eff.':>7}"
           f"{'1st s':>9}")
-    result["decode"] = decode_all(cola, shape, device, fast=False)
-    write_result(args.out, result)  # after every part: a run cut short keeps what it measured
-    result["latent_training"] = []
-    for batch in shape["train_batches"]:
+    result["decode"], result["latent_training"] = [], []
+    profile_to = args.out if args.profile else None
+    if "decode" in parts:
+        result["decode"] += decode_all(cola, shape, device, fast=False)
+        write_result(args.out, result)  # after every part: a run cut short keeps what it measured
+    for batch in shape["train_batches"] if "latent" in parts else ():
         train = attempt(f"latent batch {batch}",
-                        lambda b=batch: latent_training(cola, shape, b, device, peak))
+                        lambda b=batch: latent_training(cola, shape, b, device, peak, profile_to))
         result["latent_training"].append(train)
         if "error" not in train:
             mfu = (f"{100 * train['mfu']:.1f} %" if train["mfu"] is not None
@@ -239,18 +280,21 @@ def main() -> None:
             print(f"latent pretraining, {batch} x {train['seq_len']} tokens a step: "
                   f"{train['tokens_per_second']:.0f} tok/s ({train['precision']}), MFU {mfu}")
         write_result(args.out, result)
-    result["decode"] += decode_all(cola, shape, device, fast=True)  # compiles: after the quick parts
-    write_result(args.out, result)
-    grpo = result["grpo"] = attempt("grpo", lambda: grpo_steps(cola, shape, word_tokenizer(shape["vocab"])))
-    for method, g in (grpo.items() if "error" not in grpo else []):
+    if "fast" in parts:
+        result["decode"] += decode_all(cola, shape, device, fast=True)  # compiles: after the quick parts
+        write_result(args.out, result)
+    if "grpo" in parts:
+        result["grpo"] = attempt("grpo", lambda: grpo_steps(cola, shape, word_tokenizer(shape["vocab"]),
+                                                            profile_to))
+    for method, g in (result["grpo"].items() if "error" not in result.get("grpo", {"error": 0}) else []):
         print(f"GRPO step, {method}: {g['seconds_per_step']:.2f} s "
               f"(generation {g['seconds_generation']:.2f} s, "
               f"update {g['seconds_update']:.2f} s of which reference {g['seconds_reference']:.2f} s, "
               f"{g['response_length']:.0f} tokens a response)")
     result["seconds"] = time.perf_counter() - start
     write_result(args.out, result)
-    parts = [*result["decode"], *result["latent_training"], result["grpo"]]
-    if any("error" in part for part in parts):
+    measured = [*result["decode"], *result["latent_training"], result.get("grpo", {})]
+    if any("error" in part for part in measured):
         sys.exit(1)
 
 

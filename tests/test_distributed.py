@@ -53,22 +53,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(out: Path, mode: str, *extra: str, processes: int = 1) -> None:
+def run_worker(out: Path, mode: str, *extra: str, processes: int = 1, config: str = "cpu-2proc.yaml") -> None:
     out.mkdir(parents=True, exist_ok=True)
     if processes == 1:
         command = [sys.executable, str(WORKER)]
-    else:
+    else:  # fp32 whatever the config says: the single-process run it is compared with is fp32
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                   str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"), "--num_processes", str(processes),
-                   "--main_process_port", str(free_port()), str(WORKER)]
+                   str(REPO / "configs" / "accelerate" / config), "--num_processes", str(processes),
+                   "--mixed_precision", "no", "--main_process_port", str(free_port()), str(WORKER)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*command, str(out), mode, *extra], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def assert_same_training(one: Path, other: Path) -> None:
-    for name in TRAINERS:
+def assert_same_training(one: Path, other: Path, trainers=TRAINERS) -> None:
+    for name in trainers:
         a, b = torch.load(one / f"{name}.pt"), torch.load(other / f"{name}.pt")
         assert [step for step, _ in a["history"]] == [step for step, _ in b["history"]] == [1, 2, 3, 4]
         for (step, logged), (_, other_logged) in zip(a["history"], b["history"], strict=True):
@@ -109,3 +109,24 @@ def test_the_launch_params_become_an_accelerate_command() -> None:
     assert command[-3:] == ["stages/bc.py", "--out", "models/bc"]
     with pytest.raises(ColaError, match="launch.config_file: no such file 'configs/accelerate/nope.yaml'"):
         launch_command(LaunchConfig(num_processes=2, config_file="configs/accelerate/nope.yaml"), "s.py", [])
+
+
+def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path) -> None:
+    """configs/accelerate/fsdp.yaml on 2 gloo processes: the decoder layers are sharded (FSDP2), the rest is
+    replicated; losses and weights equal one process's, the checkpoint it writes holds whole tensors that one
+    process resumes from, and an RL trainer refuses to shard with a clear error."""
+    batch_trainers = {k: v for k, v in TRAINERS.items() if not k.startswith("grpo")}
+    run_worker(tmp_path / "one", "full")
+    run_worker(tmp_path / "fsdp", "full", processes=2, config="fsdp.yaml")
+    assert_same_training(tmp_path / "one", tmp_path / "fsdp", batch_trainers)
+    for name in batch_trainers:  # every decoder layer and merge block was a unit; plain modules again after
+        run = torch.load(tmp_path / "fsdp" / f"{name}.pt")
+        assert run["world"] == 2 and run["plain_after"]
+        assert run["sharded"] == ["base.model.layers.0", "base.model.layers.1", "idm.layers.0",
+                                  "idm.layers.1", "merge_blocks.0", "merge_blocks.1", "policy.layers.0"]
+    refused = (tmp_path / "fsdp" / "grpo-refused.txt").read_text()
+    assert refused.startswith("GRPOTrainer cannot shard its model (FSDP)"), refused
+
+    run_worker(tmp_path / "half", "half", processes=2, config="fsdp.yaml")
+    run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"))
+    assert_same_training(tmp_path / "one", tmp_path / "resumed", batch_trainers)

@@ -18,7 +18,7 @@ def test_the_gpu_check_runs_every_part_with_only_the_training_stack(tmp_path) ->
         "import atexit, runpy, sys\n"
         f"atexit.register(lambda: print('IMPORTED', sorted({{m.split('.')[0] for m in sys.modules}} & "
         f"set({sorted(NOT_ON_A_GPU_MACHINE)!r}))))\n"
-        f"sys.argv = ['gpu_check.py', '--quick', '--out', {str(out)!r}]\n"
+        f"sys.argv = ['gpu_check.py', '--quick', '--profile', '--out', {str(out)!r}]\n"
         f"runpy.run_path({str(REPO / 'bench' / 'gpu_check.py')!r}, run_name='__main__')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
@@ -31,3 +31,6 @@ def test_the_gpu_check_runs_every_part_with_only_the_training_stack(tmp_path) ->
     assert all(row["base_tok_s"] > 0 and 0 < row["flop_ideal"] < 1 for row in result["decode"])
     assert [row["tokens_per_second"] > 0 for row in result["latent_training"]] == [True]
     assert set(result["grpo"]) == {"cola", "token"}
+    profiles = sorted(p.name for p in tmp_path.glob("gpu_check.*.txt"))  # --profile: the busiest operations
+    assert profiles == ["gpu_check.grpo_cola.txt", "gpu_check.grpo_token.txt", "gpu_check.latent_4.txt"]
+    assert all("aten::mm" in (tmp_path / name).read_text() for name in profiles)

@@ -37,3 +37,35 @@ def test_the_paper_profile_builds_the_paper_sized_model_on_the_meta_device() -> 
     assert billions(model.policy, model.policy_head) == pytest.approx(1.745, rel=0.01)
     assert billions(model) == pytest.approx(11.236, rel=0.01)
     assert len(model.state_dict()) == 410  # the released checkpoint's tensor count
+
+
+def test_the_accelerate_configs_parse_and_the_fsdp_ones_name_the_paper_models_layers() -> None:
+    """Every configs/accelerate/*.yaml loads with accelerate's own loader; the FSDP ones ask for FSDP2 and
+    name classes the 8B CoLA model has, whose modules (the units `cola.train.sharding` shards) hold all of
+    it but the base's embeddings and LM head (1.05B, replicated)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = REPO / "configs" / "accelerate"
+    configs = {path.stem: load_config_from_file(str(path)) for path in folder.glob("*.yaml")}
+    assert set(configs) == {"cpu-2proc", "multi-gpu", "fsdp", "fsdp-grad-op"}
+    fsdp = {name: c for name, c in configs.items() if c.distributed_type == DistributedType.FSDP}
+    assert set(fsdp) == {"fsdp", "fsdp-grad-op"}
+    assert {c.fsdp_config["fsdp_reshard_after_forward"] for c in fsdp.values()} == {True, False}
+
+    with torch.device("meta"):
+        profile = merged_profile("llama-3.1-8b", REPO / "configs" / "profiles")
+        architecture = from_dict(PipelineParams, profile, where="", source="llama-3.1-8b").latent.cola
+        model = cola_from_base(AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA_3_1_8B)), architecture)
+    for config in fsdp.values():
+        assert config.fsdp_config["fsdp_version"] == 2
+        wrap = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")
+        assert wrap == ["LlamaDecoderLayer", "SwiGLUMerge"]
+        assert type(model.base.model.layers[0]).__name__ == wrap[0]
+        assert wrap[0] in model.base._no_split_modules  # transformers' own unit for this model
+        units = [m for m in model.modules() if type(m).__name__ in wrap]
+        assert len(units) == 32 + 4 + 8 + 2  # base, IDM and policy layers, merge blocks
+        replicated = billions(model) - billions(*units)
+        assert replicated == pytest.approx(billions(model.base.model.embed_tokens, model.base.lm_head),
+                                           abs=0.001)
+        assert replicated == pytest.approx(1.051, rel=0.01)

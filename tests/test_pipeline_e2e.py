@@ -293,10 +293,12 @@ def test_invalid_params_stop_the_stage_and_change_nothing(project):
     assert {p: p.read_bytes() for p in (root / "metrics").glob("*.json")} == before
 
 
-def test_a_training_stage_launched_on_two_processes_matches_its_single_process_run(project, tmp_path):
-    """`launch.num_processes: 2` (configs/accelerate/cpu-2proc.yaml) makes the `bc` stage re-run itself under
-    `accelerate launch`; it writes the same model (within float tolerance) and metrics as the DAG's
-    single-process run, once (the worker process writes nothing)."""
+@pytest.mark.parametrize("config", ["cpu-2proc.yaml", "fsdp.yaml"])
+def test_a_training_stage_launched_on_two_processes_matches_its_single_process_run(project, tmp_path, config):
+    """`launch.num_processes: 2` (configs/accelerate/cpu-2proc.yaml: data parallel; fsdp.yaml: the decoder
+    layers sharded) makes the `bc` stage re-run itself under `accelerate launch`; it writes the same model
+    (within float tolerance) and metrics as the DAG's single-process run, once (the worker process writes
+    nothing)."""
     import socket
 
     from safetensors.torch import load_file
@@ -306,7 +308,7 @@ def test_a_training_stage_launched_on_two_processes_matches_its_single_process_r
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    params["launch"].update(num_processes=2, config_file="configs/accelerate/cpu-2proc.yaml",
+    params["launch"].update(num_processes=2, config_file=f"configs/accelerate/{config}",
                             main_process_port=port)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = tmp_path / "out"

@@ -34,12 +34,14 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from cola.config import OptimConfig
+from cola.errors import ColaError
 from cola.io import atomic_dir
 from cola.model.sampling import BatchRows, NoiseSource
-from cola.train import recompute
+from cola.train import recompute, sharding
 from cola.train.distributed import Processes
 from cola.train.losses import LossOutput
 
@@ -57,14 +59,16 @@ def cosine_with_warmup(step: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW; matrices decay, while norms, biases and the action codebook do not (cola-spec.md §2.4)."""
+def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: OptimConfig,
+                   foreach: bool | None = None) -> torch.optim.AdamW:
+    """AdamW; matrices decay, while norms, biases and the action codebook do not (cola-spec.md §2.4).
+    `foreach=False` where sharded and whole parameters mix (the fused multi-tensor kernels take one kind)."""
     decay, no_decay = [], []
     for name, param in named_params:
         exempt = param.ndim < 2 or "action_codebook" in name or "norm" in name
         (no_decay if exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=foreach)
 
 
 class Trainer:
@@ -86,6 +90,9 @@ class Trainer:
     train_mode = True
     #: Metrics shown beside the progress bar (a BatchTrainer shows its loss function's first metric).
     postfix_keys: tuple[str, ...] = ()
+    #: Whether an FSDP launch may shard the model (`cola.train.sharding`): trainers whose model is called only
+    #: through its pieces inside `training_step`; RL's samplers and references hold the model elsewhere.
+    shardable = False
 
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, *, seed: int = 0,
                  checkpoint_dir: str | Path | None = None, fingerprint: str = "", keep_final: bool = False,
@@ -95,21 +102,36 @@ class Trainer:
         self.keep_final, self.description, self.on_log = keep_final, description, on_log
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.processes = Processes(self.accelerator)
-        self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not self.named_params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("no trainable parameters: freeze by stage (model.set_stage(...)) "
                              "before training")
-        self.params = [p for _, p in self.named_params]
-        # The model is moved, not wrapped: gradients are averaged by `Processes` (see cola.train.distributed).
+        # The model is moved, not wrapped: gradients are averaged by `Processes` (see cola.train.distributed),
+        # or, under an FSDP launch, the decoder layers are sharded in place (see cola.train.sharding).
         self.model = model.to(self.accelerator.device)
         if recompute.requested():
             recompute.enable_gradient_checkpointing(self.model)
-        self.optimizer = make_optimizer(self.named_params, cfg)
+        self.sharding, self.unsharded = self._shard(sharding.requested()), False
+        self._collect_params()
+        self.optimizer = make_optimizer(self.named_params, cfg, foreach=False if self.sharding else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda s: cosine_with_warmup(s, cfg))
         self.global_step = 0
         self.history: list[tuple[int, dict[str, float]]] = []  # every logged window, in order
         self._window: dict[str, list[float]] = {}
+
+    def _shard(self, settings: sharding.FsdpSettings | None) -> sharding.Sharding | None:
+        if settings is None or self.processes.world == 1:
+            return None
+        if not self.shardable:
+            raise ColaError(f"{type(self).__name__} cannot shard its model (FSDP): run this stage with "
+                            "the data-parallel config (configs/accelerate/multi-gpu.yaml)")
+        return sharding.Sharding(self.model, settings, self.processes.world)
+
+    def _collect_params(self) -> None:
+        """The trainable parameters as the model holds them now (sharding replaces them)."""
+        self.named_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named_params]
+        self.whole_params = [p for p in self.params if not isinstance(p, DTensor)]
 
     # ------------------------------------------------------------------------------------------ hooks
 
@@ -140,11 +162,14 @@ class Trainer:
 
     def step_optimizer(self) -> float:
         """Average the accumulated gradients over processes, clip, step; the norm before clipping."""
-        self.processes.average_gradients(self.params)
+        self.processes.average_gradients(self.whole_params)  # FSDP averaged the sharded ones
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf  # inf: measure, never clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.sharding is not None:
+            grad_norm = sharding.clip_grad_norm(self.params, max_norm)
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         self.optimizer.step()
-        return float(grad_norm)
+        return grad_norm
 
     def train(self, steps: int | None = None) -> dict[str, float]:
         """Train to ``cfg.steps`` (or `steps` more); return the last logged window's metrics.
@@ -152,6 +177,8 @@ class Trainer:
         Resumes from a matching checkpoint first and replays its logged curve to `on_log`, so a resumed
         stage's tracking run is complete.
         """
+        if self.unsharded:  # its optimizer holds the sharded parameters, which the model no longer has
+            raise ColaError("a sharded trainer trains once: its layers were put back after train()")
         torch.manual_seed(self.seed)
         self._resume()
         for step, metrics in self.history:
@@ -186,6 +213,10 @@ class Trainer:
                 shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
                 self.checkpoint_dir.mkdir(parents=True)
             self.processes.barrier()
+        if self.sharding is not None:  # the stage saves and evaluates a plain model
+            self.sharding.unshard()
+            self.sharding, self.unsharded = None, True
+            self._collect_params()
         return dict(self.history[-1][1]) if self.history else {}
 
     def advance(self) -> dict[str, float]:
@@ -207,10 +238,11 @@ class Trainer:
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything needed to resume bit-exactly, as (tensors for safetensors, JSON-able metadata)."""
         model = self.model
-        tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters()
+        # Whole tensors (gathered when sharded: every process calls this), so any process count resumes.
+        tensors = {f"param.{n}": sharding.full(p.detach()).contiguous() for n, p in model.named_parameters()
                    if p.requires_grad}
         opt = self.optimizer.state_dict()
-        tensors.update({f"opt.{i}.{k}": v.contiguous() for i, st in opt["state"].items()
+        tensors.update({f"opt.{i}.{k}": sharding.full(v).contiguous() for i, st in opt["state"].items()
                         for k, v in st.items()})
         tensors["rng.torch"] = torch.get_rng_state()
         extra_tensors, extra_meta = self.extra_state()
@@ -224,15 +256,19 @@ class Trainer:
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Restore :meth:`state` into a trainer built with the same model shape and params."""
         current = dict(self.model.named_parameters())
+        ordered = [p for group in self.optimizer.param_groups for p in group["params"]]  # the state's indices
         state: dict[int, dict[str, torch.Tensor]] = {}
         extra: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for key, value in tensors.items():
                 kind, name = key.split(".", 1)
                 if kind == "param":
-                    current[name].copy_(value)
+                    current[name].copy_(sharding.shard_like(value, current[name]))
                 elif kind == "opt":
                     index, slot = name.split(".", 1)
+                    param = ordered[int(index)]
+                    if value.shape == param.shape:  # Adam's moments, laid out like their parameter
+                        value = sharding.shard_like(value, param)
                     state.setdefault(int(index), {})[slot] = value
                 elif kind == "extra":
                     extra[name] = value
@@ -247,8 +283,9 @@ class Trainer:
     def save(self) -> None:
         """Write a checkpoint atomically: the folder is the previous checkpoint or the new one, never half.
         The main process writes it (every process holds the same state); the others wait for it."""
-        if self.processes.is_main:
+        if self.processes.is_main or self.sharding is not None:  # gathering shards takes every process
             tensors, meta = self.state()
+        if self.processes.is_main:
             with atomic_dir(self.checkpoint_dir) as tmp:
                 save_file(tensors, str(tmp / STATE_FILE))
                 (tmp / META_FILE).write_text(json.dumps(meta))
@@ -318,6 +355,8 @@ class BatchTrainer(Trainer):
     mean when the loss is a mean over equally many positions per row (base, latent, BC); SFT and FTA mask
     prompts, so there a split batch averages per-part token means (a difference within a batch's noise).
     """
+
+    shardable = True
 
     def __init__(self, model: torch.nn.Module, loss_fn: LossFn, batches: BatchSource, cfg: Any,
                  **kwargs: Any):
