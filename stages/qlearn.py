@@ -17,4 +17,4 @@ def main(stage: StageContext) -> None:
 
 if __name__ == "__main__":
     run_stage("qlearn", main, choices={"method": METHODS, "task": list(RL_TASKS)},
-              paths=["tasks", "policy", "out", "checkpoints", "loss_plot", "loss_curve"])
+              paths=["tasks", "policy", "out", "checkpoints", "loss_plot", "loss_curve"], launchable=True)

@@ -1,29 +1,33 @@
-"""Run alone and under `accelerate launch` by tests/test_distributed.py: the latent, BC and GRPO (both
-action spaces) trainers, 4 steps each on micro models; the main process saves each one's logged curve and
-trained weights to OUT/<trainer>.pt.
+"""Run alone and under `accelerate launch` by tests/test_distributed.py: the latent, BC, Q-learning and
+GRPO (both action spaces) trainers, 4 steps each on micro models; the main process saves each one's logged
+curve and trained weights to OUT/<trainer>.pt.
 
     python tests/distributed_worker.py OUT full     # 4 steps
     python tests/distributed_worker.py OUT half     # 2 steps, checkpoint written at step 2 into OUT/ckpt
     python tests/distributed_worker.py OUT resume CKPT   # resume from CKPT (written by `half`) to step 4
 
-Under an FSDP config (configs/accelerate/fsdp.yaml) the GRPO trainers are not built: the worker records the
-error an RL trainer gives under FSDP in OUT/grpo-refused.txt instead.
+Under an FSDP config (configs/accelerate/fsdp.yaml) the trainers that do not shard (Q-learning, GRPO) refuse;
+the worker records each refusal in OUT/refused.json instead.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cola.config import BCConfig, LatentConfig  # noqa: E402
+from cola.config import BCConfig, LatentConfig, QLearnConfig  # noqa: E402
 from cola.data.corpus import TokenStream  # noqa: E402
 from cola.errors import ColaError  # noqa: E402
 from cola.rl.grpo import GRPOTrainer, build_policy  # noqa: E402
+from cola.search.qlearn import QTrainer, RecordedRollout  # noqa: E402
+from cola.search.qnetwork import QNetwork  # noqa: E402
 from cola.train.core import BatchTrainer  # noqa: E402
 from cola.train.losses import behaviour_cloning_loss, latent_pretraining_loss  # noqa: E402
 from tests.test_grpo import PROMPTS, config, make_tokenizer, tiny_base, tiny_cola, toy_reward  # noqa: E402
@@ -32,8 +36,9 @@ STEPS = 4
 OPTIM = dict(steps=STEPS, lr=1e-2, warmup_steps=1, log_every=1, checkpoint_every=2, batch_size=8, seq_len=12)
 
 
-def trainers(out: Path, checkpoints: Path | None, micro_batch_size: int):
-    """(name, trainer) for each trainer under test, each from its own fixed start."""
+def trainers(checkpoints: Path | None, micro_batch_size: int):
+    """(name, a function that builds the trainer) for each trainer under test, each from its own fixed
+    start."""
     tokens = torch.randint(2, 12, (4000,), generator=torch.Generator().manual_seed(0))
     tokenizer = make_tokenizer()
 
@@ -43,25 +48,34 @@ def trainers(out: Path, checkpoints: Path | None, micro_batch_size: int):
     latent = tiny_cola(0)
     latent.set_stage("latent")
     cfg = LatentConfig(**OPTIM, micro_batch_size=micro_batch_size)
-    yield "latent", BatchTrainer(latent, lambda b, noise: latent_pretraining_loss(latent, b, generator=noise),
-                                 TokenStream(tokens, 8, 12, 0), cfg, checkpoint_dir=ckpt("latent"))
+    yield "latent", partial(BatchTrainer, latent,
+                            lambda b, noise: latent_pretraining_loss(latent, b, generator=noise),
+                            TokenStream(tokens, 8, 12, 0), cfg, checkpoint_dir=ckpt("latent"))
 
     bc = tiny_cola(1)
     bc.set_stage("bc")
     cfg = BCConfig(**OPTIM, micro_batch_size=micro_batch_size)
-    yield "bc", BatchTrainer(bc, lambda b, _noise: behaviour_cloning_loss(bc, b),
-                             TokenStream(tokens, 8, 12, 1), cfg, checkpoint_dir=ckpt("bc"))
+    yield "bc", partial(BatchTrainer, bc, lambda b, _noise: behaviour_cloning_loss(bc, b),
+                        TokenStream(tokens, 8, 12, 1), cfg, checkpoint_dir=ckpt("bc"))
+
+    # Rollouts of ragged lengths with 0/1 rewards; a target sync mid-run.
+    draw = torch.Generator().manual_seed(4)
+    rollouts = []
+    for i in range(24):
+        n, p = 1 + i % 5, 2 + i % 3
+        rollouts.append(RecordedRollout(torch.randint(2, 12, (p,), generator=draw).tolist(),
+                                        torch.randint(2, 12, (n,), generator=draw).tolist(),
+                                        torch.randint(0, 8, (n,), generator=draw).tolist(), float(i % 2)))
+    cfg = QLearnConfig(steps=STEPS, lr=1e-2, warmup_steps=1, log_every=1, checkpoint_every=2, batch_size=8,
+                       target_sync=2)
+    yield "qlearn", partial(QTrainer, QNetwork.from_base(tiny_base(5), 8), cfg, rollouts, 0,
+                            checkpoint_dir=ckpt("qlearn"))
 
     for method, model in (("cola", tiny_cola(2)), ("token", tiny_base(3))):
         cfg = config(steps=STEPS, prompts_per_step=4, group_size=4, log_every=1, checkpoint_every=2)
         policy = build_policy(model, tokenizer, method, cfg)
-        try:
-            yield f"grpo-{method}", GRPOTrainer(policy, cfg, PROMPTS, toy_reward, max_new_tokens=3, seed=0,
-                                                checkpoint_dir=ckpt(f"grpo-{method}"))
-        except ColaError as refused:  # FSDP: RL does not shard
-            if int(os.environ.get("RANK", "0")) == 0:
-                (out / "grpo-refused.txt").write_text(str(refused))
-            return
+        yield f"grpo-{method}", partial(GRPOTrainer, policy, cfg, PROMPTS, toy_reward, max_new_tokens=3,
+                                        seed=0, checkpoint_dir=ckpt(f"grpo-{method}"))
 
 
 def main(out: Path, mode: str, resume_from: Path | None = None) -> None:
@@ -69,7 +83,13 @@ def main(out: Path, mode: str, resume_from: Path | None = None) -> None:
     checkpoints = resume_from if mode == "resume" else out / "ckpt" if mode == "half" else None
     # The multi-process full run also accumulates micro-batches of 2 rows (4 per process).
     micro = 2 if mode == "full" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
-    for name, trainer in trainers(out, checkpoints, micro):
+    refused = {}
+    for name, build in trainers(checkpoints, micro):
+        try:
+            trainer = build()
+        except ColaError as refusal:  # FSDP: the trainers that do not shard
+            refused[name] = str(refusal)
+            continue
         sharded = sorted(trainer.sharding.units) if trainer.sharding is not None else []
         trainer.train(steps=STEPS // 2 if mode == "half" else None)
         if trainer.processes.is_main:
@@ -77,6 +97,8 @@ def main(out: Path, mode: str, resume_from: Path | None = None) -> None:
             plain = all(type(p) is torch.nn.Parameter for p in trainer.model.parameters())
             torch.save({"history": trainer.history, "weights": weights, "world": trainer.processes.world,
                         "sharded": sharded, "plain_after": plain}, out / f"{name}.pt")
+    if refused and int(os.environ.get("RANK", "0")) == 0:
+        (out / "refused.json").write_text(json.dumps(refused))
 
 
 if __name__ == "__main__":

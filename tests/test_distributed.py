@@ -1,10 +1,12 @@
 """Multi-process training equals single-process training: `accelerate launch --num_processes 2` (gloo,
-configs/accelerate/cpu-2proc.yaml) of the latent, BC and GRPO trainers logs the same losses and trains the
-same weights as one process with the same global batch, and a checkpoint written with one process count
-resumes with the other. The trainers run in tests/distributed_worker.py."""
+configs/accelerate/cpu-2proc.yaml) of the latent, BC, Q-learning and GRPO trainers logs the same losses and
+trains the same weights as one process with the same global batch, and a checkpoint written with one process
+count resumes with the other; under configs/accelerate/fsdp.yaml the pretraining-style trainers shard.
+The trainers run in tests/distributed_worker.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -22,7 +24,8 @@ from cola.train.distributed import Processes
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "distributed_worker.py"
 # Each trainer, with a logged number that moves only when the weights do.
-TRAINERS = {"latent": "latent_loss", "bc": "bc_loss", "grpo-cola": "kl", "grpo-token": "kl"}
+TRAINERS = {"latent": "latent_loss", "bc": "bc_loss", "qlearn": "td_loss", "grpo-cola": "kl",
+            "grpo-token": "kl"}
 TIMING = ("tokens_per_second", "seconds_")
 
 
@@ -114,18 +117,21 @@ def test_the_launch_params_become_an_accelerate_command() -> None:
 def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path) -> None:
     """configs/accelerate/fsdp.yaml on 2 gloo processes: the decoder layers are sharded (FSDP2), the rest is
     replicated; losses and weights equal one process's, the checkpoint it writes holds whole tensors that one
-    process resumes from, and an RL trainer refuses to shard with a clear error."""
-    batch_trainers = {k: v for k, v in TRAINERS.items() if not k.startswith("grpo")}
+    process resumes from, and the trainers that hold the model outside their step (Q-learning's target, RL's
+    sampler and reference) refuse to shard with a clear error."""
+    batch_trainers = {k: v for k, v in TRAINERS.items() if k in ("latent", "bc")}
     run_worker(tmp_path / "one", "full")
     run_worker(tmp_path / "fsdp", "full", processes=2, config="fsdp.yaml")
     assert_same_training(tmp_path / "one", tmp_path / "fsdp", batch_trainers)
     for name in batch_trainers:  # every decoder layer and merge block was a unit; plain modules again after
         run = torch.load(tmp_path / "fsdp" / f"{name}.pt")
         assert run["world"] == 2 and run["plain_after"]
-        assert run["sharded"] == ["base.model.layers.0", "base.model.layers.1", "idm.layers.0",
-                                  "idm.layers.1", "merge_blocks.0", "merge_blocks.1", "policy.layers.0"]
-    refused = (tmp_path / "fsdp" / "grpo-refused.txt").read_text()
-    assert refused.startswith("GRPOTrainer cannot shard its model (FSDP)"), refused
+        layers = ["base.model.layers.0", "base.model.layers.1", "idm.layers.0", "idm.layers.1",
+                  "merge_blocks.0", "merge_blocks.1", "policy.layers.0"]
+        assert run["sharded"] == layers
+    refused = json.loads((tmp_path / "fsdp" / "refused.json").read_text())
+    who = {name: message.split(" cannot shard its model (FSDP)")[0] for name, message in refused.items()}
+    assert who == {"qlearn": "QTrainer", "grpo-cola": "GRPOTrainer", "grpo-token": "GRPOTrainer"}
 
     run_worker(tmp_path / "half", "half", processes=2, config="fsdp.yaml")
     run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"))

@@ -49,3 +49,14 @@ def test_td_error_squared() -> None:
     # q = 0.5, max Q(s') = 0.7, γ = 0.99: (0.5 − 0.693)² = 0.037249.
     delta2 = td_error_squared(torch.tensor(0.5), torch.tensor([0.1, 0.7]), 0.99)
     assert delta2.item() == pytest.approx(0.037249)
+
+
+def test_a_batch_of_one_action_rollouts_targets_its_rewards() -> None:
+    """T = 1 (every response one token): the last (only) step is terminal, its target is its reward. (The
+    bootstrap term used to come out empty here, and the loss over an empty target was 0.)"""
+    rewards = torch.tensor([[1.0], [0.0], [1.0]])
+    q = torch.full((3, 1, 4), 0.25)
+    targets = double_dqn_targets(rewards, q, q, torch.ones(3, 1, dtype=torch.bool), gamma=0.9)
+    assert targets.shape == (3, 1) and targets.squeeze(1).tolist() == [1.0, 0.0, 1.0]
+    loss = td_loss(q, torch.zeros(3, 1, dtype=torch.long), targets, torch.ones(3, 1, dtype=torch.bool))
+    assert loss.item() == pytest.approx((0.75**2 * 2 + 0.25**2) / 3)

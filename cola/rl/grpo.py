@@ -155,13 +155,6 @@ class GRPOTrainer(Trainer):
         start = self.processes.rank * mask.shape[0]
         return adv[start : start + mask.shape[0], : mask.shape[1]]
 
-    def token_share(self, mask: Tensor) -> float:
-        """This process's tokens over the mean per process: 1 with one process."""
-        if self.processes.world == 1:
-            return 1.0
-        tokens = self.processes.reduce({"n": float(mask.sum())}, summed=("n",))["n"]
-        return float(mask.sum()) * self.processes.world / max(tokens, 1.0)
-
     def distinct_answers(self, rollout: Rollout) -> float | None:
         """Mean number of distinct answers (`Task.vote_key`; no answer counts as one) in a group: 1 means
         every sample of the prompt said the same thing, whatever actions or tokens produced it."""
@@ -213,7 +206,7 @@ class GRPOTrainer(Trainer):
         rewards = self.processes.gather(local_rewards)
         # Token means below are this process's share of the global batch's mean: their average over
         # processes (the gradient's, the logged metrics') is the global mean.
-        share = self.token_share(mask)
+        share = self.processes.share(float(mask.sum()))
 
         # 4. PPO-clip update(s). With one epoch the ratio is 1 and this is a plain policy gradient whose clip
         # never fires; extra epochs reuse the same rollout, which is what the clip is for. The schedule counts

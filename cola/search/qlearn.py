@@ -94,7 +94,11 @@ def state_values(qnet: QNetwork, batch: dict[str, Tensor]) -> Tensor:
 
 class QTrainer(Trainer):
     """Double DQN on recorded rollouts: one minibatch per step, a frozen target copy of the Q-network synced
-    every ``cfg.target_sync`` steps (and checkpointed with the run)."""
+    every ``cfg.target_sync`` steps (and checkpointed with the run).
+
+    Under several processes every process draws the same global minibatch and keeps its block of rows
+    (`cola.train.distributed`); its TD loss, a mean over its valid steps, is weighted by its share of the
+    batch's steps, so the average over processes is the global batch's mean (tests/test_distributed.py)."""
 
     def __init__(self, qnet: QNetwork, cfg: QLearnConfig, rollouts: list[RecordedRollout], pad_id: int,
                  **kwargs: Any) -> None:
@@ -109,12 +113,15 @@ class QTrainer(Trainer):
         if self.global_step % self.cfg.target_sync == 0:
             self.target.load_state_dict(self.model.state_dict())
         index = torch.randint(len(self.rollouts), (self.cfg.batch_size,), generator=self.batch_generator)
-        batch = collate([self.rollouts[i] for i in index.tolist()], self.pad_id)
+        start, stop = self.processes.rows(self.cfg.batch_size, "Q-learning minibatch")
+        batch = collate([self.rollouts[i] for i in index[start:stop].tolist()], self.pad_id)
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         q = state_values(self.model, batch)
         with torch.no_grad():
             q_target = state_values(self.target, batch)
         targets = double_dqn_targets(batch["rewards"], q.detach(), q_target, batch["mask"], self.cfg.gamma)
-        loss = td_loss(q, batch["actions"], targets, batch["mask"])
+        share = self.processes.share(float(batch["mask"].sum()))
+        loss = td_loss(q, batch["actions"], targets, batch["mask"]) * share
         return {"td_loss": loss.item(), "grad_norm": self.optimize(loss),
                 "n_tokens": int(batch["attention"].sum())}
 

@@ -31,7 +31,9 @@ def double_dqn_targets(rewards: Tensor, q_online: Tensor, q_target: Tensor, mask
         next_action = q_online[:, 1:].argmax(dim=-1, keepdim=True)              # (B, T-1, 1)
         next_value = q_target[:, 1:].gather(-1, next_action).squeeze(-1)         # (B, T-1)
         next_value = next_value * mask[:, 1:].to(next_value.dtype)
-        bootstrap = torch.cat([next_value, torch.zeros_like(next_value[:, :1])], dim=1)
+        # The last step has no next state (also when it is the only one: T = 1 leaves next_value empty).
+        bootstrap = torch.zeros(rewards.shape, dtype=next_value.dtype, device=next_value.device)
+        bootstrap[:, :-1] = next_value
         return rewards.float() + gamma * bootstrap
 
 

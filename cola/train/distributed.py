@@ -54,6 +54,15 @@ class Processes:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def share(self, count: float) -> float:
+        """This process's `count` (tokens, steps) over the mean count per process: 1 with one process. A loss
+        that is a mean over this process's `count` items, times its share, averages over processes to the
+        mean over all items of the global batch."""
+        if self.world == 1:
+            return 1.0
+        total = self.reduce({"n": float(count)}, summed=("n",))["n"]
+        return float(count) * self.world / max(total, 1.0)
+
     def reduce(self, metrics: Mapping[str, float], summed: Iterable[str] = ()) -> dict[str, float]:
         """Metrics averaged over processes (the keys in `summed` are added up instead)."""
         if self.world == 1:
