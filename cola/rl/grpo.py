@@ -91,6 +91,9 @@ class GRPOTrainer(Trainer):
         self.ref = policy.reference()
         kwargs.setdefault("description", f"grpo-{policy.kind}")
         super().__init__(policy.model, cfg, seed=seed, **kwargs)
+        # The core moved the model to this process's device; the copy made before must follow (a stage loads
+        # its model on the CPU: on a GPU the reference would have stayed there).
+        self.ref.to(self.accelerator.device)
         # Two independent streams, so changing the rollout length does not change which prompts are drawn.
         self.prompt_generator = torch.Generator().manual_seed(seed)
         self.rollout_generator = torch.Generator().manual_seed(seed + 1)
