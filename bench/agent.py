@@ -20,13 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from results_io import parse_bench_args, write_result  # bench/ is on sys.path: the script's folder
 
 from cola.base.tiny import build_tiny_base
 from cola.config import TinyBaseConfig, load_stage_config
 from cola.envs.data import prompt_style
-from cola.envs.episodes import play_episodes
+from cola.envs.episodes import EpisodeNoise, play_episodes
 from cola.envs.textworld_env import GameSettings, TextWorldEnv, make_game
 from cola.rl.policies import LatentActionPolicy, TokenPolicy
 from cola.train.latent import cola_from_base
@@ -72,8 +71,7 @@ def main() -> None:
         envs = [TimedEnv(game, max_steps=max_steps) for game in games for _ in range(group)]
         TimedEnv.clock[0] = 0.0
         start = time.perf_counter()
-        noise = torch.Generator().manual_seed(0)
-        episodes, _ = play_episodes(policy, envs, style, agent.max_new_tokens, noise)
+        episodes, _ = play_episodes(policy, envs, style, agent.max_new_tokens, EpisodeNoise(0))
         seconds = time.perf_counter() - start
         for env in envs:
             env.close()

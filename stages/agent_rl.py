@@ -13,4 +13,4 @@ def main(stage: StageContext) -> None:
 
 if __name__ == "__main__":
     run_stage("agent_rl", main, choices={"method": ["cola", "token"]},
-              paths=["data", "start", "out", "checkpoints"], section="agent")
+              paths=["data", "start", "out", "checkpoints"], section="agent", launchable=True)

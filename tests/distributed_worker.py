@@ -77,6 +77,20 @@ def trainers(checkpoints: Path | None, micro_batch_size: int):
         yield f"grpo-{method}", partial(GRPOTrainer, policy, cfg, PROMPTS, toy_reward, max_new_tokens=3,
                                         seed=0, checkpoint_dir=ckpt(f"grpo-{method}"))
 
+    # Multi-turn GRPO on TextWorld games the test generated (2 games x a group of 2, up to 3 turns).
+    from cola.envs.agent_rl import AgentGRPOTrainer
+    from cola.envs.protocol import PromptStyle
+    from cola.envs.textworld_env import TextWorldEnv
+
+    games = sorted(Path(os.environ["COLA_TEST_GAMES"]).glob("*.z8"))
+    cfg = config(steps=STEPS, prompts_per_step=2, group_size=2, log_every=1, checkpoint_every=2,
+                 kl_in="loss")
+    policy = build_policy(tiny_cola(6), tokenizer, "cola", cfg)
+    yield "agent-cola", partial(AgentGRPOTrainer, policy, cfg, games,
+                                lambda game: TextWorldEnv(game, max_steps=3),
+                                style=PromptStyle(history=1, max_observation_chars=60, show_admissible=False),
+                                max_new_tokens=3, seed=0, checkpoint_dir=ckpt("agent-cola"))
+
 
 def main(out: Path, mode: str, resume_from: Path | None = None) -> None:
     torch.set_num_threads(1)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "distributed_worker.py"
 # Each trainer, with a logged number that moves only when the weights do.
 TRAINERS = {"latent": "latent_loss", "bc": "bc_loss", "qlearn": "td_loss", "grpo-cola": "kl",
-            "grpo-token": "kl"}
+            "grpo-token": "kl", "agent-cola": "kl"}
 TIMING = ("tokens_per_second", "seconds_")
 
 
@@ -56,7 +56,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(out: Path, mode: str, *extra: str, processes: int = 1, config: str = "cpu-2proc.yaml") -> None:
+def run_worker(out: Path, mode: str, *extra: str, games: Path, processes: int = 1,
+               config: str = "cpu-2proc.yaml") -> None:
     out.mkdir(parents=True, exist_ok=True)
     if processes == 1:
         command = [sys.executable, str(WORKER)]
@@ -64,10 +65,22 @@ def run_worker(out: Path, mode: str, *extra: str, processes: int = 1, config: st
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                    str(REPO / "configs" / "accelerate" / config), "--num_processes", str(processes),
                    "--mixed_precision", "no", "--main_process_port", str(free_port()), str(WORKER)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLA_TEST_GAMES": str(games)}
     done = subprocess.run([*command, str(out), mode, *extra], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def games(tmp_path_factory) -> Path:
+    """Two small TextWorld games for the agent trainer."""
+    from cola.envs.textworld_env import make_game
+    from tests.test_envs import SETTINGS
+
+    folder = tmp_path_factory.mktemp("games")
+    for seed in (1, 2):
+        make_game(SETTINGS, seed, folder)
+    return folder
 
 
 def assert_same_training(one: Path, other: Path, trainers=TRAINERS) -> None:
@@ -85,15 +98,15 @@ def assert_same_training(one: Path, other: Path, trainers=TRAINERS) -> None:
         assert len(set(moving)) > 1, f"{name} did not train"
 
 
-def test_two_processes_train_like_one_and_resume_across_process_counts(tmp_path) -> None:
-    run_worker(tmp_path / "one", "full")
-    run_worker(tmp_path / "two", "full", processes=2)  # 4 rows a process, in micro-batches of 2
+def test_two_processes_train_like_one_and_resume_across_process_counts(tmp_path, games) -> None:
+    run_worker(tmp_path / "one", "full", games=games)
+    run_worker(tmp_path / "two", "full", processes=2, games=games)  # 4 rows a process, micro-batches of 2
     assert {torch.load(tmp_path / "two" / f"{n}.pt")["world"] for n in TRAINERS} == {2}
     assert_same_training(tmp_path / "one", tmp_path / "two")
 
     # Two processes stop at step 2 (their checkpoint is the one left), one process finishes the run.
-    run_worker(tmp_path / "half", "half", processes=2)
-    run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"))
+    run_worker(tmp_path / "half", "half", processes=2, games=games)
+    run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"), games=games)
     assert_same_training(tmp_path / "one", tmp_path / "resumed")
 
 
@@ -114,14 +127,14 @@ def test_the_launch_params_become_an_accelerate_command() -> None:
         launch_command(LaunchConfig(num_processes=2, config_file="configs/accelerate/nope.yaml"), "s.py", [])
 
 
-def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path) -> None:
+def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path, games) -> None:
     """configs/accelerate/fsdp.yaml on 2 gloo processes: the decoder layers are sharded (FSDP2), the rest is
     replicated; losses and weights equal one process's, the checkpoint it writes holds whole tensors that one
     process resumes from, and the trainers that hold the model outside their step (Q-learning's target, RL's
     sampler and reference) refuse to shard with a clear error."""
     batch_trainers = {k: v for k, v in TRAINERS.items() if k in ("latent", "bc")}
-    run_worker(tmp_path / "one", "full")
-    run_worker(tmp_path / "fsdp", "full", processes=2, config="fsdp.yaml")
+    run_worker(tmp_path / "one", "full", games=games)
+    run_worker(tmp_path / "fsdp", "full", processes=2, config="fsdp.yaml", games=games)
     assert_same_training(tmp_path / "one", tmp_path / "fsdp", batch_trainers)
     for name in batch_trainers:  # every decoder layer and merge block was a unit; plain modules again after
         run = torch.load(tmp_path / "fsdp" / f"{name}.pt")
@@ -131,8 +144,9 @@ def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path) -> None:
         assert run["sharded"] == layers
     refused = json.loads((tmp_path / "fsdp" / "refused.json").read_text())
     who = {name: message.split(" cannot shard its model (FSDP)")[0] for name, message in refused.items()}
-    assert who == {"qlearn": "QTrainer", "grpo-cola": "GRPOTrainer", "grpo-token": "GRPOTrainer"}
+    assert who == {"qlearn": "QTrainer", "grpo-cola": "GRPOTrainer", "grpo-token": "GRPOTrainer",
+                   "agent-cola": "AgentGRPOTrainer"}
 
-    run_worker(tmp_path / "half", "half", processes=2, config="fsdp.yaml")
-    run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"))
+    run_worker(tmp_path / "half", "half", processes=2, config="fsdp.yaml", games=games)
+    run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"), games=games)
     assert_same_training(tmp_path / "one", tmp_path / "resumed", batch_trainers)

@@ -37,15 +37,13 @@ def play(
         backend = AlfWorldEnv if game.suffix == ".tw-pddl" else TextWorldEnv
         env = backend(game, max_steps=max_steps)
         loaded, tokenizer, kind = _load(folder, None)
-        import torch
-
-        from cola.envs.episodes import play_episodes
+        from cola.envs.episodes import EpisodeNoise, play_episodes
         from cola.envs.protocol import PromptStyle
         from cola.rl.policies import LatentActionPolicy, TokenPolicy
 
         policy = LatentActionPolicy(loaded, tokenizer) if kind == "cola" else TokenPolicy(loaded, tokenizer)
         (episode,), _ = play_episodes(policy, [env], PromptStyle(history=history), max_new_tokens,
-                                      torch.Generator().manual_seed(seed), greedy=not sample)
+                                      EpisodeNoise(seed), greedy=not sample)
         out.print(f"[bold]Goal:[/bold] {episode.objective}\n{episode.first}\n", markup=True, highlight=False)
         for number, turn in enumerate(episode.turns, 1):
             if show_prompts:

@@ -15,8 +15,11 @@ One step (`AgentGRPOTrainer.training_step`):
    so there is no GAE here: ``advantage_mode`` does not apply).
 
 Everything else (the frozen reference, the schedule, clipping of the gradient, logging, resumable checkpoints)
-is `cola.rl.grpo.GRPOTrainer`'s. One process only for now: turns have ragged batch sizes, which the
-multi-process rule of `cola.train.distributed` (equal blocks of a global batch) does not cover yet.
+is `cola.rl.grpo.GRPOTrainer`'s. Under several processes each plays its block of the step's games (all G
+episodes of a game on one process, so group baselines stay local), each episode on its own random streams
+(`EpisodeNoise`), and weighs its turns' token means by their share of the step's tokens over all processes;
+returns and episode statistics are gathered, so N processes train and log what one does
+(tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import Tensor
 
 from cola.config import RLConfig
 from cola.envs.base import TextEnv
-from cola.envs.episodes import Episode, play_episodes
+from cola.envs.episodes import Episode, EpisodeNoise, play_episodes
 from cola.envs.protocol import PromptStyle
 from cola.errors import ColaError
 from cola.rl.advantages import baseline_advantages, groups_with_signal
@@ -69,19 +72,18 @@ class AgentGRPOTrainer(GRPOTrainer):
                             "rloo")
         super().__init__(policy, cfg, [{"game": game} for game in games], lambda _c, _e: 0.0,
                          max_new_tokens=max_new_tokens, **kwargs)
-        if self.processes.world > 1:
-            raise ColaError("agent RL runs in one process (launch.num_processes: 1)")
         self.make_env, self.style, self.win_bonus = make_env, style, win_bonus
 
     def training_step(self) -> dict[str, float]:
         cfg = self.cfg
         start = time.perf_counter()
-        games = [example["game"] for example in self.sample_prompts()]
+        games = [example["game"] for example in self.sample_prompts()]  # this process's block
         envs = [self.make_env(game) for game in games for _ in range(cfg.group_size)]
         seed = int(torch.randint(2**62, (1,), generator=self.rollout_generator))
+        first = self.processes.rank * len(envs)  # the global index of this process's first episode
         try:
             episodes, batches = play_episodes(self.policy, envs, self.style, self.max_new_tokens,
-                                              torch.Generator().manual_seed(seed))
+                                              EpisodeNoise(seed, first))
         finally:
             for env in envs:
                 env.close()
@@ -90,12 +92,14 @@ class AgentGRPOTrainer(GRPOTrainer):
         returns = episode_returns(episodes, self.win_bonus)
         advantage = baseline_advantages(returns, cfg.group_size, cfg.baseline)  # (E,) one per episode
         total = sum(int(b.rollout.response_mask.sum()) for b in batches)
+        share = self.processes.share(total)  # a collective: every process calls it, with tokens or not
+        tokens = total / share if share > 0 else 0.0  # the mean of the processes' token counts
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         entropy = 0.0
         for batch in batches:  # one backward per turn: gradients accumulate, one optimizer step after
             rollout, mask = batch.rollout, batch.rollout.response_mask
-            share = float(mask.sum()) / max(total, 1)  # this turn's part of the token mean
+            share = float(mask.sum()) / max(tokens, 1.0)  # this turn's part of the global token mean
             ref_logp = self.ref.logprobs(rollout)
             adv = advantage[batch.episodes].to(mask.device)[:, None].expand(mask.shape).clone()
             if cfg.kl_in == "reward" and cfg.kl_coef > 0:
@@ -113,20 +117,25 @@ class AgentGRPOTrainer(GRPOTrainer):
         end = time.perf_counter()
 
         self.elapsed += end - start
-        reward_mean = returns.mean().item()
+        # Every episode of the step, from all processes: (return, won, score, turns, invalid, |advantage|).
+        stats = self.processes.gather(torch.tensor(
+            [[r, e.won, e.score, len(e.turns), e.invalid, a] for r, e, a in
+             zip(returns.tolist(), episodes, advantage.abs().tolist(), strict=True)], dtype=torch.float64))
+        every, turns = stats[:, 0].float(), stats[:, 3].sum().item()
+        reward_mean = every.mean().item()
         self.reward_history.append(reward_mean)
         self.threshold.update(self.reward_history, self.global_step + 1, self.elapsed)
-        turns = [len(e.turns) for e in episodes]
+        tokens_all = self.processes.reduce({"n": float(total)}, summed=("n",))["n"]
         return {
             **sums, "grad_norm": grad_norm, "entropy": entropy,
-            "reward_mean": reward_mean, "reward_std": returns.std().item(),
-            "win_rate": sum(e.won for e in episodes) / len(episodes),
-            "score_mean": sum(e.score for e in episodes) / len(episodes),
-            "steps_mean": sum(turns) / len(turns),
-            "invalid_rate": sum(e.invalid for e in episodes) / max(sum(turns), 1),
-            "groups_with_signal": groups_with_signal(returns, cfg.group_size),
-            "advantage_abs": advantage.abs().mean().item(),
-            "response_length": total / max(sum(turns), 1), "n_tokens": total,
+            "reward_mean": reward_mean, "reward_std": every.std().item(),
+            "win_rate": stats[:, 1].mean().item(),
+            "score_mean": stats[:, 2].mean().item(),
+            "steps_mean": stats[:, 3].mean().item(),
+            "invalid_rate": stats[:, 4].sum().item() / max(turns, 1),
+            "groups_with_signal": groups_with_signal(every, cfg.group_size),
+            "advantage_abs": stats[:, 5].mean().item(),
+            "response_length": tokens_all / max(turns, 1), "n_tokens": total,
             "seconds_generation": played - start, "seconds_update": end - played,
             "seconds_per_step": end - start,
         }

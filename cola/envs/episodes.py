@@ -7,10 +7,16 @@ or greedy latent actions and greedy world-model tokens; the token baseline: samp
 reply is parsed into one command and played. KV caches are not kept across turns: every turn's prompt is
 encoded afresh (prompts are short and change at their start as the history window slides). Group
 environments (G episodes of one game, as GRPO needs) are G env objects on the same game file.
+
+Sampled episodes take their random numbers from `EpisodeNoise`: turn t of episode e draws from a stream
+seeded by (seed, e, t) alone, so an episode plays the same whichever other episodes share its batches (the
+ones still running at that turn, or those of another process: agent RL on several processes plays each
+process's block of episodes and reproduces one process, tests/test_distributed.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -18,7 +24,26 @@ import torch
 
 from cola.envs.base import TextEnv
 from cola.envs.protocol import PromptStyle, Transcript, agent_prompt, parse_command
+from cola.model.sampling import RowStreams
 from cola.rl.policies import Policy, Rollout
+
+
+@dataclass(frozen=True)
+class EpisodeNoise:
+    """The random streams of sampled episodes: one per (episode, turn), from `seed`. `first_episode` is the
+    global index of the first env played here (a process's block of a step's episodes)."""
+
+    seed: int
+    first_episode: int = 0
+
+    def turn(self, episodes: list[int], turn: int) -> RowStreams:
+        """The streams of one turn's rows (local episode indices)."""
+        return RowStreams(tuple(torch.Generator().manual_seed(self._seed(self.first_episode + e, turn))
+                                for e in episodes))
+
+    def _seed(self, episode: int, turn: int) -> int:
+        digest = hashlib.blake2b(f"{self.seed}/{episode}/{turn}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1  # a generator's seed is below 2**63
 
 
 @dataclass
@@ -54,9 +79,10 @@ class TurnBatch:
 
 
 def play_episodes(policy: Policy, envs: list[TextEnv], style: PromptStyle, max_new_tokens: int,
-                  generator: torch.Generator, greedy: bool = False) -> tuple[list[Episode], list[TurnBatch]]:
+                  noise: EpisodeNoise | None, greedy: bool = False) -> tuple[list[Episode], list[TurnBatch]]:
     """Play one episode in each env, all together; returns the episodes and every turn's batch (what an RL
-    update needs: the recorded tokens, actions and log-probs)."""
+    update needs: the recorded tokens, actions and log-probs). `noise` seeds sampled play (None: unseeded,
+    or greedy play, which draws nothing)."""
     episodes = []
     for env in envs:
         first = env.start_episode()
@@ -66,7 +92,8 @@ def play_episodes(policy: Policy, envs: list[TextEnv], style: PromptStyle, max_n
         prompts = [agent_prompt(Transcript(episodes[i].objective, episodes[i].first,
                                            [(t.command, t.answer) for t in episodes[i].turns]),
                                 envs[i].last.admissible, style) for i in running]
-        rollout = policy.rollout(prompts, 1, max_new_tokens, generator, greedy=greedy)
+        streams = noise.turn(running, len(batches)) if noise is not None and not greedy else None
+        rollout = policy.rollout(prompts, 1, max_new_tokens, streams, greedy=greedy)
         batches.append(TurnBatch(rollout, list(running)))
         still = []
         for row, i in enumerate(running):

@@ -1,11 +1,13 @@
 """Random draws that do not depend on how a batch is split: sampling, random actions and Gumbel noise.
 
 Every random choice of training and decoding goes through :func:`uniform`. Its source is a seeded
-``torch.Generator`` or a :class:`BatchRows`: rows ``start:stop`` of a batch of ``total`` rows. A `BatchRows`
-draws the *whole* batch's numbers and keeps its own rows, so a batch split across processes (or into
-micro-batches) sees exactly the numbers it would see in one piece, and a multi-process run reproduces a
-single-process one (`cola.train.distributed`). The extra draws cost one uniform per row and step for
-sampling, far below a forward pass.
+``torch.Generator``, a :class:`BatchRows`: rows ``start:stop`` of a batch of ``total`` rows, or
+:class:`RowStreams`: one generator per row. A `BatchRows` draws the *whole* batch's numbers and keeps its own
+rows, so a batch split across processes (or into micro-batches) sees exactly the numbers it would see in one
+piece, and a multi-process run reproduces a single-process one (`cola.train.distributed`); the extra draws
+cost one uniform per row and step for sampling, far below a forward pass. `RowStreams` serves batches whose
+rows come and go (the episodes of a text game still running at a turn): a row's numbers depend on nothing
+but its own stream.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BatchRows", "NoiseSource", "sample_top_k", "uniform"]
+__all__ = ["BatchRows", "NoiseSource", "RowStreams", "sample_top_k", "uniform"]
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,25 @@ class BatchRows:
         return BatchRows(self.generator, self.start + start, self.start + stop, self.total)
 
 
-NoiseSource = torch.Generator | BatchRows | None
+@dataclass(frozen=True)
+class RowStreams:
+    """Row r of a batch draws its numbers from ``generators[r]`` alone."""
+
+    generators: tuple[torch.Generator, ...]
+
+
+NoiseSource = torch.Generator | BatchRows | RowStreams | None
 
 
 def uniform(shape: tuple[int, ...], source: NoiseSource, device: torch.device | str = "cpu",
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """U[0, 1) numbers of `shape`; with a `BatchRows` source, `shape[0]` must be its row count."""
+    """U[0, 1) numbers of `shape`; with a `BatchRows` or `RowStreams` source, `shape[0]` must be its row
+    count."""
+    if isinstance(source, RowStreams):
+        if shape[0] != len(source.generators):
+            raise ValueError(f"asked for {shape[0]} rows of noise from {len(source.generators)} streams")
+        rows = [torch.rand(shape[1:], generator=g, dtype=dtype) for g in source.generators]
+        return torch.stack(rows).to(device)
     if not isinstance(source, BatchRows):
         if source is None:
             return torch.rand(shape, device=device, dtype=dtype)
