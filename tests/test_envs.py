@@ -115,12 +115,14 @@ def test_prompts_keep_a_bounded_history_and_replies_become_one_command() -> None
     assert parse_command("\n  > take key \nmore text") == "take key" and parse_command("  \n") == ""
 
 
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("kind", ["cola", "base"])
-def test_batched_episodes_in_both_action_spaces_match_one_at_a_time(games, tmp_path, kind) -> None:
+def test_batched_episodes_in_both_action_spaces_match_one_at_a_time(games, tmp_path, kind, greedy) -> None:
     """A micro model plays full episodes of two games (two copies of one: a group) batched, and the same
-    episodes one at a time; greedy decoding gives the same transcripts."""
+    episodes one at a time: the same transcripts, greedy or sampled (each episode draws from its own
+    streams, `EpisodeNoise`, so its batch-mates change nothing)."""
 
-    from cola.envs.episodes import play_episodes
+    from cola.envs.episodes import EpisodeNoise, play_episodes
     from cola.envs.protocol import PromptStyle
     from cola.model.checkpoint import load_model_and_tokenizer
     from cola.rl.policies import LatentActionPolicy, TokenPolicy
@@ -132,18 +134,22 @@ def test_batched_episodes_in_both_action_spaces_match_one_at_a_time(games, tmp_p
     files = [games[SEEDS[0]], games[SEEDS[0]], games[SEEDS[1]]]
     style = PromptStyle(history=1, max_observation_chars=60, show_admissible=False)
 
-    def play(paths):
+    def play(paths, first=0, seed=11):
         envs = [TextWorldEnv(path, max_steps=3) for path in paths]
-        return play_episodes(policy, envs, style, 6, None, greedy=True)
+        return play_episodes(policy, envs, style, 6, EpisodeNoise(seed, first), greedy=greedy)
 
     batched, turns = play(files)
-    alone = [play([path])[0][0] for path in files]
+    alone = [play([path], first=i)[0][0] for i, path in enumerate(files)]
     assert [len(e.turns) for e in batched] == [3, 3, 3] and len(turns) == 3  # every turn one batch
     assert all(len(batch.episodes) == 3 and len(batch.rollout.completions) == 3 for batch in turns)
     for together, single in zip(batched, alone, strict=True):
-        assert [(t.prompt, t.reply, t.command, t.answer) for t in together.turns] == \
-               [(t.prompt, t.reply, t.command, t.answer) for t in single.turns]
+        assert [(t.prompt, t.reply, t.command, t.answer, t.actions) for t in together.turns] == \
+               [(t.prompt, t.reply, t.command, t.answer, t.actions) for t in single.turns]
         assert together.invalid == sum(not t.valid for t in together.turns)
+    if not greedy:  # the streams do drive the sampling: another seed samples other actions or tokens
+        def choices(episodes):
+            return [[(t.reply, t.actions) for t in e.turns] for e in episodes]
+        assert choices(batched) != choices(play(files, seed=12)[0])
     if kind == "cola":
         assert all(t.actions is not None and len(t.actions) >= 1 for e in batched for t in e.turns)
     else:
