@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 def run_worker(out: Path, mode: str, *extra: str, games: Path, processes: int = 1,
-               config: str = "cpu-2proc.yaml") -> None:
+               config: str = "cpu-2proc.yaml", **env_vars: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if processes == 1:
         command = [sys.executable, str(WORKER)]
@@ -65,7 +65,7 @@ def run_worker(out: Path, mode: str, *extra: str, games: Path, processes: int = 
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                    str(REPO / "configs" / "accelerate" / config), "--num_processes", str(processes),
                    "--mixed_precision", "no", "--main_process_port", str(free_port()), str(WORKER)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLA_TEST_GAMES": str(games)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLA_TEST_GAMES": str(games), **env_vars}
     done = subprocess.run([*command, str(out), mode, *extra], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -129,12 +129,14 @@ def test_the_launch_params_become_an_accelerate_command() -> None:
 
 def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path, games) -> None:
     """configs/accelerate/fsdp.yaml on 2 gloo processes: the decoder layers are sharded (FSDP2), the rest is
-    replicated; losses and weights equal one process's, the checkpoint it writes holds whole tensors that one
-    process resumes from, and the trainers that hold the model outside their step (Q-learning's target, RL's
-    sampler and reference) refuse to shard with a clear error."""
+    replicated; losses and weights (with gradient checkpointing on) equal one process's, the checkpoint it
+    writes holds whole tensors that one process resumes from, and the trainers that hold the model outside
+    their step (Q-learning's target, RL's sampler and reference) refuse to shard with a clear error."""
     batch_trainers = {k: v for k, v in TRAINERS.items() if k in ("latent", "bc")}
     run_worker(tmp_path / "one", "full", games=games)
-    run_worker(tmp_path / "fsdp", "full", processes=2, config="fsdp.yaml", games=games)
+    # With gradient checkpointing too (the blocks recomputed in the backward are sharded units).
+    run_worker(tmp_path / "fsdp", "full", processes=2, config="fsdp.yaml", games=games,
+               COLA_GRADIENT_CHECKPOINTING="1")
     assert_same_training(tmp_path / "one", tmp_path / "fsdp", batch_trainers)
     for name in batch_trainers:  # every decoder layer and merge block was a unit; plain modules again after
         run = torch.load(tmp_path / "fsdp" / f"{name}.pt")
