@@ -195,7 +195,8 @@ def grpo_steps(cola, shape: dict, tokenizer, profile_to: Path | None = None) -> 
     prompts = [{"prompt": " ".join(f"w{3 + (i * k) % 500}" for i in range(shape["prompt"]))}
                for k in range(4 * shape["prompts"])]
     out = {}
-    for method, model in (("cola", cola), ("token", copy.deepcopy(cola.base))):
+    # From copies on the CPU, as a stage loads its model: the trainer moves it (and its frozen reference).
+    for method, model in (("cola", copy.deepcopy(cola).cpu()), ("token", copy.deepcopy(cola.base).cpu())):
         cfg = RLConfig(steps=3, prompts_per_step=shape["prompts"], group_size=shape["group"], lr=1e-6,
                        warmup_steps=0, log_every=3, checkpoint_every=10**6, threads=1)
         trainer = GRPOTrainer(build_policy(model, tokenizer, method, cfg), cfg, prompts,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cola.model.kv_cache import CACHE_FIELD, returned_cache, with_cache
-from cola.model.static_decoding import FAST_PATH_ENV, LENGTH_BUCKET, fast_path_default
+from cola.model.static_decoding import _KEPT, FAST_PATH_ENV, LENGTH_BUCKET, fast_path_default
 from tests.test_generation import PROMPTS, left_pad
 
 
@@ -38,14 +38,17 @@ def test_static_caches_are_reused_and_reset_between_calls(cola_model):
     """The model keeps its last static caches (a CUDA graph replays on fixed addresses): a second decode of
     the same shape must start from empty caches, and another shape gets new ones."""
     first = _decode(cola_model, True)
-    kept = cola_model._static_steps
+    kept = _KEPT[cola_model]
     other = [[p[-1], *p[:-1]] for p in PROMPTS]  # the same shape, other tokens
     _assert_same(_decode(cola_model, True, prompts=other), _decode(cola_model, False, prompts=other))
-    assert cola_model._static_steps is kept
+    assert _KEPT[cola_model] is kept
     _assert_same(_decode(cola_model, True), first)
     longer = _decode(cola_model, True, max_new_tokens=LENGTH_BUCKET)  # the next length bucket
-    assert cola_model._static_steps is not kept
+    assert _KEPT[cola_model] is not kept
     _assert_same(longer, _decode(cola_model, False, max_new_tokens=LENGTH_BUCKET))
+    import copy
+
+    copy.deepcopy(cola_model)  # the steps live beside the model: a copy does not meet them
 
 
 def test_fast_path_runs_in_the_models_dtype_under_autocast(cola_model):

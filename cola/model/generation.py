@@ -156,7 +156,7 @@ class LatentGenerationMixin:
 
         for _ in range(max_new_tokens):
             if static is not None:
-                h, w = static(step_ids, mask, step_positions)
+                h, w = static(self, step_ids, mask, step_positions)
             elif use_cache:
                 h, base_cache = self.base_hidden(step_ids, mask, step_positions, base_cache, use_cache=True)
                 w, policy_cache = self.policy_logits(h, mask, step_positions, policy_cache, use_cache=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 
 import torch
 from transformers import StaticCache
@@ -43,38 +44,37 @@ def fast_path_default(device: torch.device) -> bool:
 
 def static_steps(model, batch: int, length: int, compile_step: bool) -> StaticSteps:
     """Static steps for a decode of `batch` rows and up to `length` positions: the model's last ones, reset,
-    when the shape is the same (one set at a time: an 8B model's caches are gigabytes), else new ones."""
+    when the shape is the same (one set at a time: an 8B model's caches are gigabytes), else new ones. They
+    are kept beside the model (a weak table), not on it: copying or saving a model never meets them."""
     capacity = -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
     key = (batch, capacity, model.dtype, compile_step)
-    kept = getattr(model, "_static_steps", None)
+    kept = _KEPT.get(model)
     if kept is not None and kept.key == key:
         kept.reset()
         return kept
-    model._static_steps = None  # free the old buffers before allocating new ones
-    model._static_steps = StaticSteps(model, batch, capacity, compile_step)
-    model._static_steps.key = key
-    return model._static_steps
+    _KEPT.pop(model, None)  # free the old buffers before allocating new ones
+    _KEPT[model] = StaticSteps(model, batch, capacity, compile_step, key)
+    return _KEPT[model]
 
 
 class StaticSteps:
     """Runs base + policy for the newest positions of a batch on static caches sized for the whole decode.
 
     Args:
-        model: a CoLA model (`base_hidden`, `policy_logits`, `base`, `policy`).
+        model: a CoLA model (`base_hidden`, `policy_logits`, `base`, `policy`); not kept (see `__call__`).
         batch: rows decoded together (fixed for the decode: samples of a group are rows from the start).
         capacity: the most positions the caches hold (prompt + new tokens, or more).
         compile_step: compile the one-token step (CUDA graphs on a GPU); the prompt pass stays eager.
+        key: the shape these steps serve (`static_steps` reuses them for the same one).
     """
 
-    key: tuple = ()
-
-    def __init__(self, model, batch: int, capacity: int, compile_step: bool) -> None:
-        self.model = model
+    def __init__(self, model, batch: int, capacity: int, compile_step: bool, key: tuple = ()) -> None:
+        self.key = key
         self.base_cache = _static_cache(model.base.config, capacity)
         self.policy_cache = _static_cache(model.policy.config, capacity)
         device = next(model.parameters()).device
         self.mask = torch.zeros(batch, capacity, dtype=torch.long, device=device)
-        self.step = _compiled_step(model) if compile_step else _step
+        self.step = _compiled_step() if compile_step else _step
 
     def reset(self) -> None:
         """Empty caches and mask for the next decode (same buffers: a CUDA graph keeps their addresses)."""
@@ -82,15 +82,21 @@ class StaticSteps:
         self.policy_cache.reset()
         self.mask.zero_()
 
-    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
-        """(h, w) of the positions `ids` holds; `mask` (B, L) is the attention mask up to and including
-        them."""
+    def __call__(self, model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
+        """(h, w) of `model` at the positions `ids` holds; `mask` (B, L) is the attention mask up to and
+        including them. (The model is passed, not kept: the weak table that keeps these steps must not hold
+        its key alive.)"""
         self.mask[:, : mask.shape[1]].copy_(mask)
         step = self.step if ids.shape[1] == 1 else _step  # the prompt pass has its own shape: eager
         with torch.autocast(self.mask.device.type, enabled=False):  # in the model's dtype (see above)
-            h, w = step(self.model, ids, self.mask, positions, self.base_cache, self.policy_cache)
+            h, w = step(model, ids, self.mask, positions, self.base_cache, self.policy_cache)
         # A CUDA graph's outputs are overwritten by its next replay: keep copies.
         return (h.clone(), w.clone()) if step is not _step else (h, w)
+
+
+#: Each model's last static steps.
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILED: list = []  # the compiled step, made on first use
 
 
 def _static_cache(config, capacity: int) -> StaticCache:
@@ -103,11 +109,9 @@ def _step(model, ids, mask, positions, base_cache, policy_cache):
     return h, w
 
 
-def _compiled_step(model):
-    """The step compiled once per model (kept on it: every decode call reuses the compiled graphs)."""
-    compiled = getattr(model, "_compiled_decode_step", None)
-    if compiled is None:
+def _compiled_step():
+    """The step compiled once per process (torch compiles it again for each model and batch size)."""
+    if not _COMPILED:
         log.info("compiling the latent decode step (static caches, CUDA graphs): the first call is slow")
-        compiled = torch.compile(_step, mode="reduce-overhead", fullgraph=False, dynamic=False)
-        model._compiled_decode_step = compiled
-    return compiled
+        _COMPILED.append(torch.compile(_step, mode="reduce-overhead", fullgraph=False, dynamic=False))
+    return _COMPILED[0]
