@@ -6,13 +6,12 @@ curve and trained weights to OUT/<trainer>.pt.
     python tests/distributed_worker.py OUT half     # 2 steps, checkpoint written at step 2 into OUT/ckpt
     python tests/distributed_worker.py OUT resume CKPT   # resume from CKPT (written by `half`) to step 4
 
-Under an FSDP config (configs/accelerate/fsdp.yaml) the trainers that do not shard (Q-learning, GRPO) refuse;
-the worker records each refusal in OUT/refused.json instead.
+Under an FSDP config (configs/accelerate/fsdp.yaml) the trainers that do not shard (Q-learning, GRPO, agent
+RL) train data-parallel.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from functools import partial
@@ -24,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cola.config import BCConfig, LatentConfig, QLearnConfig  # noqa: E402
 from cola.data.corpus import TokenStream  # noqa: E402
-from cola.errors import ColaError  # noqa: E402
 from cola.rl.grpo import GRPOTrainer, build_policy  # noqa: E402
 from cola.search.qlearn import QTrainer, RecordedRollout  # noqa: E402
 from cola.search.qnetwork import QNetwork  # noqa: E402
@@ -99,13 +97,8 @@ def main(out: Path, mode: str, resume_from: Path | None = None) -> None:
     checkpoints = resume_from if mode == "resume" else out / "ckpt" if mode == "half" else None
     # The multi-process full run also accumulates micro-batches of 2 rows (4 per process).
     micro = 2 if mode == "full" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
-    refused = {}
     for name, build in trainers(checkpoints, micro):
-        try:
-            trainer = build()
-        except ColaError as refusal:  # FSDP: the trainers that do not shard
-            refused[name] = str(refusal)
-            continue
+        trainer = build()
         sharded = sorted(trainer.sharding.units) if trainer.sharding is not None else []
         trainer.train(steps=STEPS // 2 if mode == "half" else None)
         if trainer.processes.is_main:
@@ -113,8 +106,6 @@ def main(out: Path, mode: str, resume_from: Path | None = None) -> None:
             plain = all(type(p) is torch.nn.Parameter for p in trainer.model.parameters())
             torch.save({"history": trainer.history, "weights": weights, "world": trainer.processes.world,
                         "sharded": sharded, "plain_after": plain}, out / f"{name}.pt")
-    if refused and int(os.environ.get("RANK", "0")) == 0:
-        (out / "refused.json").write_text(json.dumps(refused))
 
 
 if __name__ == "__main__":

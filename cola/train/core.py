@@ -90,8 +90,9 @@ class Trainer:
     train_mode = True
     #: Metrics shown beside the progress bar (a BatchTrainer shows its loss function's first metric).
     postfix_keys: tuple[str, ...] = ()
-    #: Whether an FSDP launch may shard the model (`cola.train.sharding`): trainers whose model is called only
-    #: through its pieces inside `training_step`; RL's samplers and references hold the model elsewhere.
+    #: Whether an FSDP launch shards the model (`cola.train.sharding`): trainers whose model is called only
+    #: through its pieces inside `training_step`. RL's samplers and references, Q-learning's target hold the
+    #: model elsewhere: under an FSDP launch they train data-parallel, so one launch section serves a DAG.
     shardable = False
 
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, *, seed: int = 0,
@@ -123,8 +124,10 @@ class Trainer:
         if settings is None or self.processes.world == 1:
             return None
         if not self.shardable:
-            raise ColaError(f"{type(self).__name__} cannot shard its model (FSDP): run this stage with "
-                            "the data-parallel config (configs/accelerate/multi-gpu.yaml)")
+            if self.processes.is_main:
+                print(f"note: {type(self).__name__} does not shard its model (FSDP): it trains "
+                      "data-parallel, the whole model on every process")
+            return None
         return sharding.Sharding(self.model, settings, self.processes.world)
 
     def _collect_params(self) -> None:
