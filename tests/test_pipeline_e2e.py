@@ -310,6 +310,7 @@ def test_a_training_stage_launched_on_two_processes_matches_its_single_process_r
         port = s.getsockname()[1]
     params["launch"].update(num_processes=2, config_file=f"configs/accelerate/{config}",
                             main_process_port=port)
+    params["agent"]["games_per_step"] = 2  # every global batch must split over the 2 processes
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = tmp_path / "out"
     paths = {"corpus": root / "data" / "corpus", "latent": root / "models" / "latent", "out": out / "bc",

@@ -85,6 +85,8 @@ BAD_PARAMS = [
     ("profile", "huge", "profile must be one of 'tiny', 'smoke'"),
     ("rl.n_prompts", -1, "rl.n_prompts must be >= 0"),
     ("latent", 5, "latent must be a mapping"),
+    ("launch.num_processes", 3, "base.batch_size 8 does not split over launch.num_processes 3: make it"),
+    ("launch.machine_rank", 1, "machine_rank 1 must be below num_machines 1"),
 ]
 
 

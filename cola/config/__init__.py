@@ -82,6 +82,21 @@ class PipelineParams:
     tracking: TrackingConfig = param(TrackingConfig(), "What MLflow keeps of the models (not a stage: "
                                                        "changing it re-runs nothing).")
 
+    def __post_init__(self) -> None:
+        # Every process draws the same global batch and keeps its block of rows (cola.train.distributed), so
+        # the launchable stages' global batches must split evenly: say so before any stage loads a model.
+        processes = self.launch.num_processes
+        batches = {"base.batch_size": self.base.batch_size, "latent.batch_size": self.latent.batch_size,
+                   "bc.batch_size": self.bc.batch_size, "fta.batch_size": self.fta.batch_size,
+                   "sft.batch_size": self.sft.batch_size, "rl.prompts_per_step": self.rl.prompts_per_step,
+                   "qlearn.batch_size": self.qlearn.batch_size,
+                   "agent.ft_batch_size": self.agent.ft_batch_size,
+                   "agent.games_per_step": self.agent.games_per_step}
+        for name, rows in batches.items():
+            if rows % processes:
+                raise ValueError(f"{name} {rows} does not split over launch.num_processes {processes}: "
+                                 f"make it a multiple of {processes}")
+
 
 def params_path() -> Path:
     """``params.yaml``, unless ``COLA_PARAMS`` names another file (tests try bad params without touching
