@@ -92,14 +92,16 @@ class AgentGRPOTrainer(GRPOTrainer):
         returns = episode_returns(episodes, self.win_bonus)
         advantage = baseline_advantages(returns, cfg.group_size, cfg.baseline)  # (E,) one per episode
         total = sum(int(b.rollout.response_mask.sum()) for b in batches)
-        share = self.processes.share(total)  # a collective: every process calls it, with tokens or not
-        tokens = total / share if share > 0 else 0.0  # the mean of the processes' token counts
+        # All processes' tokens (a collective: every process calls it, with tokens or not). A turn's token
+        # mean weighs by its tokens over the mean per process: the average over processes is the global mean.
+        tokens_all = self.processes.reduce({"n": float(total)}, summed=("n",))["n"]
+        per_process = tokens_all / self.processes.world
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         entropy = 0.0
         for batch in batches:  # one backward per turn: gradients accumulate, one optimizer step after
             rollout, mask = batch.rollout, batch.rollout.response_mask
-            share = float(mask.sum()) / max(tokens, 1.0)  # this turn's part of the global token mean
+            share = float(mask.sum()) / max(per_process, 1.0)  # this turn's part of the global token mean
             ref_logp = self.ref.logprobs(rollout)
             adv = advantage[batch.episodes].to(mask.device)[:, None].expand(mask.shape).clone()
             if cfg.kl_in == "reward" and cfg.kl_coef > 0:
@@ -125,7 +127,6 @@ class AgentGRPOTrainer(GRPOTrainer):
         reward_mean = every.mean().item()
         self.reward_history.append(reward_mean)
         self.threshold.update(self.reward_history, self.global_step + 1, self.elapsed)
-        tokens_all = self.processes.reduce({"n": float(total)}, summed=("n",))["n"]
         return {
             **sums, "grad_norm": grad_norm, "entropy": entropy,
             "reward_mean": reward_mean, "reward_std": every.std().item(),
