@@ -97,15 +97,31 @@ def main(out: Path, mode: str, resume_from: Path | None = None) -> None:
     checkpoints = resume_from if mode == "resume" else out / "ckpt" if mode == "half" else None
     # The multi-process full run also accumulates micro-batches of 2 rows (4 per process).
     micro = 2 if mode == "full" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    only = os.environ.get("COLA_TEST_TRAINERS")  # a comma-separated subset, else all of them
     for name, build in trainers(checkpoints, micro):
+        if only and name not in only.split(","):
+            continue
         trainer = build()
         sharded = sorted(trainer.sharding.units) if trainer.sharding is not None else []
+        zero: dict[str, object] = {}  # under DeepSpeed, what its engine partitioned, seen while training
+
+        def seen(step: int, _metrics: dict[str, float], trainer=trainer, zero=zero) -> None:
+            if trainer.zero is not None and not zero:
+                zero["held"] = trainer.zero.held()
+                # ZeRO-3 keeps a part of each weight (`ds_tensor`) on each process and gathers the rest when
+                # a layer runs (the tiny weights here stay gathered too: under DeepSpeed's persistence
+                # threshold of 1e5 numbers, a speed rule).
+                zero["partitioned"] = sorted(n for n, p in trainer.model.named_parameters()
+                                             if hasattr(p, "ds_tensor") and p.ds_tensor.numel() < p.ds_numel)
+
+        trainer.on_log = seen
         trainer.train(steps=STEPS // 2 if mode == "half" else None)
         if trainer.processes.is_main:
             weights = {n: p.detach().clone() for n, p in trainer.named_params}
             plain = all(type(p) is torch.nn.Parameter for p in trainer.model.parameters())
             torch.save({"history": trainer.history, "weights": weights, "world": trainer.processes.world,
-                        "sharded": sharded, "plain_after": plain}, out / f"{name}.pt")
+                        "sharded": sharded, "plain_after": plain, "zero": zero,
+                        "parameters": [n for n, _ in trainer.model.named_parameters()]}, out / f"{name}.pt")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Multi-process training equals single-process training: `accelerate launch --num_processes 2` (gloo,
 configs/accelerate/cpu-2proc.yaml) of the latent, BC, Q-learning and GRPO trainers logs the same losses and
 trains the same weights as one process with the same global batch, and a checkpoint written with one process
-count resumes with the other; under configs/accelerate/fsdp.yaml the pretraining-style trainers shard.
-The trainers run in tests/distributed_worker.py."""
+count resumes with the other; under configs/accelerate/fsdp.yaml and the DeepSpeed ZeRO configs the
+pretraining-style trainers shard. The trainers run in tests/distributed_worker.py."""
 
 from __future__ import annotations
 
@@ -47,6 +47,24 @@ def test_a_batch_that_does_not_split_evenly_is_a_clear_error() -> None:
     assert second_of_two.rows(8) == (4, 8)
     with pytest.raises(ColaError, match="a batch of 7 rows cannot be split evenly over 2 processes"):
         second_of_two.rows(7)
+
+
+def test_deepspeed_settings_come_from_the_launch_and_bad_ones_are_one_line_errors(monkeypatch) -> None:
+    from cola.train import zero
+
+    assert zero.requested() is None  # no DeepSpeed launch
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    assert zero.requested() == zero.ZeroSettings(stage=3, offload_optimizer="cpu", offload_param="none")
+    for key, value, message in [
+            ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0", "zero_stage 0: use 1, 2 or 3"),
+            ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "nvme", "offload_param_device 'nvme': use none"),
+            ("ACCELERATE_DEEPSPEED_CONFIG_FILE", "ds.json", "names a deepspeed_config_file")]:
+        with monkeypatch.context() as env:
+            env.setenv(key, value)
+            with pytest.raises(ColaError, match=message):
+                zero.requested()
 
 
 def free_port() -> int:
@@ -108,16 +126,23 @@ def assert_same_training(one: Path, other: Path, trainers: dict[str, str]) -> No
         assert len(set(moving)) > 1, f"{name} did not train"
 
 
-def test_two_processes_train_like_one_and_resume_across_process_counts(tmp_path, games) -> None:
-    run_worker(tmp_path / "one", "full", games=games)
+@pytest.fixture(scope="module")
+def one(tmp_path_factory, games) -> Path:
+    """The reference: every trainer's full run in one process."""
+    out = tmp_path_factory.mktemp("one")
+    run_worker(out, "full", games=games)
+    return out
+
+
+def test_two_processes_train_like_one_and_resume_across_process_counts(tmp_path, games, one) -> None:
     run_worker(tmp_path / "two", "full", processes=2, games=games)  # 4 rows a process, micro-batches of 2
     assert {torch.load(tmp_path / "two" / f"{n}.pt")["world"] for n in played(games)} == {2}
-    assert_same_training(tmp_path / "one", tmp_path / "two", played(games))
+    assert_same_training(one, tmp_path / "two", played(games))
 
     # Two processes stop at step 2 (their checkpoint is the one left), one process finishes the run.
     run_worker(tmp_path / "half", "half", processes=2, games=games)
     run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"), games=games)
-    assert_same_training(tmp_path / "one", tmp_path / "resumed", played(games))
+    assert_same_training(one, tmp_path / "resumed", played(games))
 
 
 def test_the_launch_params_become_an_accelerate_command() -> None:
@@ -137,18 +162,17 @@ def test_the_launch_params_become_an_accelerate_command() -> None:
         launch_command(LaunchConfig(num_processes=2, config_file="configs/accelerate/nope.yaml"), "s.py", [])
 
 
-def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path, games) -> None:
+def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path, games, one) -> None:
     """configs/accelerate/fsdp.yaml on 2 gloo processes: the decoder layers are sharded (FSDP2), the rest is
     replicated; losses and weights (with gradient checkpointing on) equal one process's, the checkpoint it
     writes holds whole tensors that one process resumes from; the trainers that hold the model outside their
     step (Q-learning's target, RL's sampler and reference) train data-parallel under the same launch, also
     like one process."""
     batch_trainers = {k: v for k, v in TRAINERS.items() if k in ("latent", "bc")}
-    run_worker(tmp_path / "one", "full", games=games)
     # With gradient checkpointing too (the blocks recomputed in the backward are sharded units).
     run_worker(tmp_path / "fsdp", "full", processes=2, config="fsdp.yaml", games=games,
                COLA_GRADIENT_CHECKPOINTING="1")
-    assert_same_training(tmp_path / "one", tmp_path / "fsdp", played(games))
+    assert_same_training(one, tmp_path / "fsdp", played(games))
     layers = ["base.model.layers.0", "base.model.layers.1", "idm.layers.0", "idm.layers.1", "merge_blocks.0",
               "merge_blocks.1", "policy.layers.0"]
     for name in played(games):  # every decoder layer and merge block a unit where the trainer shards
@@ -158,4 +182,38 @@ def test_fsdp_shards_the_layers_and_trains_like_one_process(tmp_path, games) -> 
 
     run_worker(tmp_path / "half", "half", processes=2, config="fsdp.yaml", games=games)
     run_worker(tmp_path / "resumed", "resume", str(tmp_path / "half" / "ckpt"), games=games)
-    assert_same_training(tmp_path / "one", tmp_path / "resumed", played(games))
+    assert_same_training(one, tmp_path / "resumed", played(games))
+
+
+def test_deepspeed_zero_partitions_training_state_and_trains_like_one_process(tmp_path, games, one) -> None:
+    """configs/accelerate/deepspeed-zero3.yaml and -zero2.yaml on 2 gloo processes (DeepSpeed's CPU
+    accelerator): the pretraining-style trainers run their loss through a ZeRO engine, which partitions
+    their optimizer state (ZeRO-3: every weight too, gathered per layer while the loss runs); the logged
+    numbers and weights equal one process's when a run's first two steps and its last two are taken in
+    different launches (ZeRO-2 then ZeRO-3, ZeRO-3 then one process, one process then ZeRO-2); the other
+    trainers train data-parallel under the same launch."""
+    pytest.importorskip("deepspeed")
+    batch_trainers = ("latent", "bc")
+    trainers = {k: v for k, v in TRAINERS.items() if k in (*batch_trainers, "grpo-cola")}
+    only = {"COLA_TEST_TRAINERS": ",".join(trainers)}
+    zero2 = dict(processes=2, config="deepspeed-zero2.yaml", games=games, **only)
+    zero3 = dict(processes=2, config="deepspeed-zero3.yaml", games=games, COLA_GRADIENT_CHECKPOINTING="1",
+                 **only)
+    # Each run: two steps, then its checkpoint; two more steps in another launch from it.
+    for first, then, name in [(zero2, zero3, "2-3"), (zero3, {}, "3-1"), ({}, zero2, "1-2")]:
+        run_worker(tmp_path / f"{name}-half", "half", **{"games": games, **only, **first})
+        run_worker(tmp_path / name, "resume", str(tmp_path / f"{name}-half" / "ckpt"),
+                   **{"games": games, **only, **then})
+        assert_same_training(one, tmp_path / name, trainers)
+    for name, stage in (("2-3", 3), ("1-2", 2)):  # what the engine partitioned, seen during steps 3-4
+        for trainer in trainers:
+            run = torch.load(tmp_path / name / f"{trainer}.pt")
+            assert run["world"] == 2 and run["plain_after"], (name, trainer)
+            if trainer not in batch_trainers:
+                assert run["zero"] == {}, trainer  # data-parallel
+                continue
+            held, total = run["zero"]["held"]
+            assert total / 2 <= held < total / 2 + 64, (name, trainer, held, total)  # up to alignment
+            # ZeRO-3: a part of every weight on each process, frozen ones too; ZeRO-2: whole weights.
+            partitioned = sorted(run["parameters"]) if stage == 3 else []
+            assert run["zero"]["partitioned"] == partitioned, (name, trainer)

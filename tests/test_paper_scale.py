@@ -48,10 +48,17 @@ def test_the_accelerate_configs_parse_and_the_fsdp_ones_name_the_paper_models_la
 
     folder = REPO / "configs" / "accelerate"
     configs = {path.stem: load_config_from_file(str(path)) for path in folder.glob("*.yaml")}
-    assert set(configs) == {"cpu-2proc", "multi-gpu", "fsdp", "fsdp-grad-op"}
+    assert set(configs) == {"cpu-2proc", "multi-gpu", "fsdp", "fsdp-grad-op", "deepspeed-zero2",
+                            "deepspeed-zero3"}
     fsdp = {name: c for name, c in configs.items() if c.distributed_type == DistributedType.FSDP}
     assert set(fsdp) == {"fsdp", "fsdp-grad-op"}
     assert {c.fsdp_config["fsdp_reshard_after_forward"] for c in fsdp.values()} == {True, False}
+    zero = {name: c.deepspeed_config for name, c in configs.items()
+            if c.distributed_type == DistributedType.DEEPSPEED}
+    assert {name: c["zero_stage"] for name, c in zero.items()} == {"deepspeed-zero2": 2, "deepspeed-zero3": 3}
+    for config in zero.values():  # what cola.train.zero reads; the rest comes from params
+        assert config["offload_optimizer_device"] == config["offload_param_device"] == "none"
+        assert "deepspeed_config_file" not in config
 
     with torch.device("meta"):
         profile = merged_profile("llama-3.1-8b", REPO / "configs" / "profiles")

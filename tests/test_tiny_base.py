@@ -26,3 +26,26 @@ def test_default_tiny_base_is_about_1_25m_parameters_and_loads_with_auto_classes
         loaded.config.__class__(**{**loaded.config.to_dict(), "vocab_size": 1024}))
     assert 1.0e6 < sum(p.numel() for p in full.parameters()) < 1.5e6
     assert [p.name for p in tmp_path.iterdir()] == ["base"]  # no temporary folder left behind
+
+
+def test_a_bf16_hub_checkpoint_becomes_an_fp32_base(tmp_path):
+    """`base.source: hf` keeps the trainers' weights fp32 (bf16 comes from autocast) even though transformers
+    loads a checkpoint in its own dtype, bf16 for Llama 3.1."""
+    import json
+
+    import torch
+
+    from cola.config import BaseConfig
+    from cola.model.checkpoint import read_safetensors_header
+    from cola.train.base_lm import run_base
+
+    model, tokenizer = build_tiny_base(CORPUS, TinyBaseConfig(vocab_size=400), seed=0)
+    hub = save_hf_folder(model.to(torch.bfloat16), tokenizer, tmp_path / "hub")
+    assert {dtype for dtype, _ in read_safetensors_header(hub / "model.safetensors").values()} == {"BF16"}
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "val.txt").write_text("\n".join(CORPUS[:20]) + "\n")
+    run_base(BaseConfig(source="hf", hf_path=str(hub), val_tokens=128), corpus, tmp_path / "base")
+    saved = read_safetensors_header(tmp_path / "base" / "model.safetensors")
+    assert {dtype for dtype, _ in saved.values()} == {"F32"}
+    assert json.loads((tmp_path / "base" / "config.json").read_text())["dtype"] == "float32"

@@ -29,8 +29,9 @@ class LaunchConfig:
     main_process_ip: str = param("", "The main machine's address (several machines only).")
     main_process_port: int = param(29500, "The main process's port for the rendezvous.", min=1, max=65535)
     config_file: str = param("", "An accelerate config file (configs/accelerate/*.yaml: cpu-2proc, "
-                                 "multi-gpu; fsdp, fsdp-grad-op shard the pretraining-style stages); '' = "
-                                 "accelerate's defaults for the settings above.")
+                                 "multi-gpu; fsdp, fsdp-grad-op, deepspeed-zero2, deepspeed-zero3 shard the "
+                                 "pretraining-style stages); '' = accelerate's defaults for the settings "
+                                 "above.")
     # Not accelerate's 'no': YAML 1.1 (DVC's writer) reads an unquoted no as false.
     precision: Literal["fp32", "bf16"] = param("fp32", "The training steps' precision: fp32, or bf16 "
                                                        "autocast (accelerate's mixed_precision; GPU).")

@@ -111,7 +111,7 @@ class AgentGRPOTrainer(GRPOTrainer):
             loss, stats = grpo_loss(logp, rollout.old_logprobs, ref_logp, adv, mask, clip_eps=cfg.clip_eps,
                                     kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
                                     kl_in_loss=cfg.kl_in == "loss")
-            self.accelerator.backward(loss * share)
+            self.backward(loss * share)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value * share
             entropy += masked_mean(ent, mask).item() * share

@@ -54,7 +54,10 @@ def run_base(cfg: BaseConfig, corpus: Path, out_dir: Path, *, checkpoint_dir: Pa
         model = load_causal_lm(out_dir)
         tokenizer = AutoTokenizer.from_pretrained(out_dir)
     elif cfg.source == "hf":
-        model = load_causal_lm(cfg.hf_path)  # one line if it is not a local folder nor in the offline cache
+        # fp32 whatever the checkpoint holds (transformers 5 loads its own dtype: bf16 for Llama 3.1): every
+        # later stage trains fp32 weights, with bf16 from autocast (launch.precision), and keeps this dtype.
+        # One line if it is not a local folder nor in the offline cache.
+        model = load_causal_lm(cfg.hf_path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(cfg.hf_path, padding_side="left", trust_remote_code=False)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

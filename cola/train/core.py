@@ -18,7 +18,8 @@ its last checkpoint to the same weights and the same logged numbers as an uninte
 Devices, precision and processes go through `accelerate`: under ``accelerate launch`` every process keeps
 its block of each global batch, gradients are averaged across processes and only the main process logs and
 writes (`cola.train.distributed`), so N processes train the same weights as one. A `BatchTrainer` splits its
-block into micro-batches of ``micro_batch_size`` rows (gradient accumulation to the same global batch).
+block into micro-batches of ``micro_batch_size`` rows (gradient accumulation to the same global batch), and
+shards under an FSDP launch (`cola.train.sharding`) or a DeepSpeed ZeRO one (`cola.train.zero`).
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ from cola.config import OptimConfig
 from cola.errors import ColaError
 from cola.io import atomic_dir
 from cola.model.sampling import BatchRows, NoiseSource
-from cola.train import recompute, sharding
+from cola.train import recompute, sharding, zero
+from cola.train.batches import Batch, count_rows, count_tokens, map_batch, to_device
 from cola.train.distributed import Processes
 from cola.train.losses import LossOutput
 
 LogFn = Callable[[int, dict[str, float]], None]
-Batch = Any  # a tensor, or a dict / tuple of tensors (ids, attention mask, loss mask)
 
 STATE_FILE, META_FILE = "state.safetensors", "meta.json"
 
@@ -107,11 +108,21 @@ class Trainer:
             raise ValueError("no trainable parameters: freeze by stage (model.set_stage(...)) "
                              "before training")
         # The model is moved, not wrapped: gradients are averaged by `Processes` (see cola.train.distributed),
-        # or, under an FSDP launch, the decoder layers are sharded in place (see cola.train.sharding).
+        # or, under an FSDP launch, the decoder layers are sharded in place (see cola.train.sharding), or,
+        # under a DeepSpeed launch, `train` hands the loss to a ZeRO engine (see cola.train.zero).
         self.model = model.to(self.accelerator.device)
         if recompute.requested():
             recompute.enable_gradient_checkpointing(self.model)
-        self.sharding, self.unsharded = self._shard(sharding.requested()), False
+        fsdp, zero_settings = sharding.requested(), zero.requested()
+        self.sharding = sharding.Sharding(self.model, fsdp, self.processes.world) \
+            if self._shards(fsdp, "shard its model (FSDP)") else None
+        self.zero_settings = zero_settings if self._shards(zero_settings, "partition its training state "
+                                                                         "(DeepSpeed ZeRO)") else None
+        self.zero: zero.ZeroEngine | None = None  # started by `train`, after a checkpoint is loaded
+        self.unsharded = False
+        # accelerate's own autocast is off under DeepSpeed (whose engine would cast the weights): ours is the
+        # same under every launch.
+        self.bf16 = self.accelerator.mixed_precision == "bf16"
         self._collect_params()
         self.optimizer = make_optimizer(self.named_params, cfg, foreach=False if self.sharding else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
@@ -120,15 +131,18 @@ class Trainer:
         self.history: list[tuple[int, dict[str, float]]] = []  # every logged window, in order
         self._window: dict[str, list[float]] = {}
 
-    def _shard(self, settings: sharding.FsdpSettings | None) -> sharding.Sharding | None:
+    def _shards(self, settings: object | None, what: str) -> bool:
+        """Whether this trainer applies a launch's sharding `settings` (None: the launch asks for none)."""
         if settings is None or self.processes.world == 1:
-            return None
-        if not self.shardable:
-            if self.processes.is_main:
-                print(f"note: {type(self).__name__} does not shard its model (FSDP): it trains "
-                      "data-parallel, the whole model on every process")
-            return None
-        return sharding.Sharding(self.model, settings, self.processes.world)
+            return False
+        if not self.shardable and self.processes.is_main:
+            print(f"note: {type(self).__name__} does not {what}: it trains data-parallel, the whole model "
+                  "and optimizer on every process")
+        return self.shardable
+
+    def _start_zero(self) -> zero.ZeroEngine:
+        """The ZeRO engine of a shardable trainer (`BatchTrainer` gives it its loss)."""
+        raise NotImplementedError
 
     def _collect_params(self) -> None:
         """The trainable parameters as the model holds them now (sharding replaces them)."""
@@ -160,11 +174,20 @@ class Trainer:
     def optimize(self, loss: torch.Tensor) -> float:
         """Backward, clip and one optimizer step; returns the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
+        self.backward(loss)
         return self.step_optimizer()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate `loss`'s gradients (through the ZeRO engine under DeepSpeed)."""
+        if self.zero is not None:
+            self.zero.backward(loss)
+        else:
+            loss.backward()
 
     def step_optimizer(self) -> float:
         """Average the accumulated gradients over processes, clip, step; the norm before clipping."""
+        if self.zero is not None:  # the engine reduces, clips and steps
+            return self.zero.step()
         self.processes.average_gradients(self.whole_params)  # FSDP averaged the sharded ones
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf  # inf: measure, never clip
         if self.sharding is not None:
@@ -184,6 +207,12 @@ class Trainer:
             raise ColaError("a sharded trainer trains once: its layers were put back after train()")
         torch.manual_seed(self.seed)
         self._resume()
+        if self.zero_settings is not None and self.zero is None:  # it takes over the loaded state
+            self.zero = self._start_zero()
+            if self.processes.is_main:
+                held, total = self.zero.held()
+                print(f"{self.description}: DeepSpeed ZeRO-{self.zero.stage}: each process holds the "
+                      f"optimizer state of {held:,} of {total:,} trained parameters")
         for step, metrics in self.history:
             self._emit(step, metrics)
         total = self.cfg.steps if steps is None else self.global_step + steps
@@ -216,16 +245,19 @@ class Trainer:
                 shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
                 self.checkpoint_dir.mkdir(parents=True)
             self.processes.barrier()
-        if self.sharding is not None:  # the stage saves and evaluates a plain model
-            self.sharding.unshard()
-            self.sharding, self.unsharded = None, True
+        if self.sharding is not None or self.zero is not None:  # the stage saves and evaluates a plain model
+            if self.sharding is not None:
+                self.sharding.unshard()
+            if self.zero is not None:
+                self.zero.release()
+            self.sharding, self.zero, self.zero_settings, self.unsharded = None, None, None, True
             self._collect_params()
         return dict(self.history[-1][1]) if self.history else {}
 
     def advance(self) -> dict[str, float]:
         """One step of the loop without its logging: `training_step`, then the schedule moves on. The
         step's metrics are averaged over processes (token counts added up)."""
-        with self.accelerator.autocast():
+        with torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             metrics = {"lr": self.lr, **self.training_step()}
         metrics = self.processes.reduce(metrics, summed=("n_tokens",))
         self.scheduler.step()
@@ -242,9 +274,10 @@ class Trainer:
         """Everything needed to resume bit-exactly, as (tensors for safetensors, JSON-able metadata)."""
         model = self.model
         # Whole tensors (gathered when sharded: every process calls this), so any process count resumes.
-        tensors = {f"param.{n}": sharding.full(p.detach()).contiguous() for n, p in model.named_parameters()
+        whole = self.zero.full_param if self.zero is not None else lambda p: sharding.full(p.detach())
+        tensors = {f"param.{n}": whole(p).contiguous() for n, p in model.named_parameters()
                    if p.requires_grad}
-        opt = self.optimizer.state_dict()
+        opt = self.zero.optimizer_state_dict() if self.zero is not None else self.optimizer.state_dict()
         tensors.update({f"opt.{i}.{k}": sharding.full(v).contiguous() for i, st in opt["state"].items()
                         for k, v in st.items()})
         tensors["rng.torch"] = torch.get_rng_state()
@@ -286,7 +319,8 @@ class Trainer:
     def save(self) -> None:
         """Write a checkpoint atomically: the folder is the previous checkpoint or the new one, never half.
         The main process writes it (every process holds the same state); the others wait for it."""
-        if self.processes.is_main or self.sharding is not None:  # gathering shards takes every process
+        gathers = self.sharding is not None or self.zero is not None  # whole tensors take every process
+        if self.processes.is_main or gathers:
             tensors, meta = self.state()
         if self.processes.is_main:
             with atomic_dir(self.checkpoint_dir) as tmp:
@@ -317,35 +351,6 @@ class BatchSource(Protocol):
 
 
 LossFn = Callable[[Batch, NoiseSource], LossOutput]
-
-
-def map_batch(batch: Batch, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
-    """`fn` applied to every tensor of a batch (a tensor, or a dict / tuple of tensors)."""
-    if isinstance(batch, torch.Tensor):
-        return fn(batch)
-    if isinstance(batch, dict):
-        return {k: map_batch(v, fn) for k, v in batch.items()}
-    return type(batch)(map_batch(v, fn) for v in batch)
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return map_batch(batch, lambda t: t.to(device))
-
-
-def count_rows(batch: Batch) -> int:
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
-    return count_rows(batch["input_ids"] if isinstance(batch, dict) else batch[0])
-
-
-def count_tokens(batch: Batch) -> int:
-    """Tokens in a batch: the attention mask's ones when there is one, else the id tensor's size."""
-    if isinstance(batch, torch.Tensor):
-        return batch.numel()
-    if isinstance(batch, dict):
-        mask = batch.get("attention_mask")
-        return int(mask.sum()) if mask is not None else count_tokens(batch["input_ids"])
-    return count_tokens(batch[0])
 
 
 class BatchTrainer(Trainer):
@@ -382,15 +387,24 @@ class BatchTrainer(Trainer):
             last = min(first + micro, stop)
             part = to_device(map_batch(batch, lambda t, a=first, b=last: t[a:b]), self.accelerator.device)
             self.noise.set_state(noise_state)  # each part takes its rows of the same whole-batch draws
-            out = self.loss_fn(part, BatchRows(self.noise, first, last, total))
+            noise = BatchRows(self.noise, first, last, total)
+            if self.zero is not None:
+                loss, part_metrics = self.zero.loss(part, noise, closes_step=last == stop)
+            else:
+                out = self.loss_fn(part, noise)
+                loss, part_metrics = out.loss, out.metrics
             weight = (last - first) / rows
-            self.accelerator.backward(out.loss * weight)
-            for key, value in out.metrics.items():
+            self.backward(loss * weight)
+            for key, value in part_metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + value * weight
             tokens += count_tokens(part)
         self.postfix_keys = self.postfix_keys or tuple(metrics)[:1]
         grad_norm = self.step_optimizer()
         return {**metrics, "grad_norm": grad_norm, "n_tokens": tokens}
+
+    def _start_zero(self) -> zero.ZeroEngine:
+        return zero.ZeroEngine(self.model, self.loss_fn, self.optimizer, self.zero_settings,
+                               self.cfg.grad_clip)
 
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {"data_rng": self.batches.generator.get_state(), "noise_rng": self.noise.get_state()}, {}

@@ -43,7 +43,8 @@ from cola.config import FTAConfig, SFTConfig
 from cola.io import fingerprint
 from cola.model.inputs import left_padded_positions
 from cola.model.modeling_cola import CoLAForCausalLM
-from cola.train.core import BatchTrainer, LogFn, to_device
+from cola.train.batches import to_device
+from cola.train.core import BatchTrainer, LogFn
 from cola.train.losses import LossOutput, behaviour_cloning_loss, next_token_ce, world_model_loss
 from cola.train.sft_data import SFTBatches
 
