@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cola.base.tiny import build_tiny_base
@@ -49,3 +51,20 @@ def test_a_bf16_hub_checkpoint_becomes_an_fp32_base(tmp_path):
     saved = read_safetensors_header(tmp_path / "base" / "model.safetensors")
     assert {dtype for dtype, _ in saved.values()} == {"F32"}
     assert json.loads((tmp_path / "base" / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_saving_a_model_does_not_import_deepspeed(tmp_path):
+    """accelerate's unwrapping inside `save_pretrained` would import DeepSpeed (1.4 s a stage) wherever it is
+    installed; `save_hf_folder` skips it, and the folder still loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tests.test_tiny_base import CORPUS; from cola.base.tiny import build_tiny_base; "
+            "from cola.config import TinyBaseConfig; from cola.model.checkpoint import save_hf_folder; "
+            "m, t = build_tiny_base(CORPUS, TinyBaseConfig(vocab_size=400), seed=0); "
+            f"save_hf_folder(m, t, {str(tmp_path / 'base')!r}); print('deepspeed' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "base").config.model_type == "llama"

@@ -9,9 +9,13 @@ on stderr; `load_cola` checks the folder first and raises one `CheckpointError` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 from transformers import AutoConfig
@@ -178,7 +182,22 @@ def save_hf_folder(model, tokenizer, out_dir: str | Path) -> Path:
     In a multi-process run only the main process writes (every process holds the same weights)."""
     if not is_main_process():
         return Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, plain_unwrap():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)
+
+
+@contextlib.contextmanager
+def plain_unwrap() -> Iterator[None]:
+    """`save_pretrained` without its unwrapping: accelerate's `extract_model_from_parallel`, which it calls,
+    imports DeepSpeed wherever DeepSpeed is installed (1.4 s, most of a tiny stage's saving) only to look
+    for an engine around the model. Ours are never wrapped when saved: DDP is not used, FSDP units and ZeRO
+    engines are released when training ends (cola.train.sharding, cola.train.zero)."""
+    from transformers import modeling_utils
+
+    if "deepspeed" in sys.modules or not hasattr(modeling_utils, "unwrap_model"):
+        yield
+        return
+    with mock.patch.object(modeling_utils, "unwrap_model", lambda model, *args, **kwargs: model):
+        yield
