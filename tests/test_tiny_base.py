@@ -60,7 +60,8 @@ def test_saving_a_model_does_not_import_deepspeed(tmp_path):
     import sys
 
     code = ("import sys; from tests.test_tiny_base import CORPUS; "
-            "from cola.base.tiny import build_tiny_base; from cola.config import TinyBaseConfig; from cola.model.checkpoint import save_hf_folder; "
+            "from cola.base.tiny import build_tiny_base; from cola.config import TinyBaseConfig; "
+            "from cola.model.checkpoint import save_hf_folder; "
             "m, t = build_tiny_base(CORPUS, TinyBaseConfig(vocab_size=400), seed=0); "
             f"save_hf_folder(m, t, {str(tmp_path / 'base')!r}); print('deepspeed' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
