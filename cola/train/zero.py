@@ -102,8 +102,7 @@ class ZeroEngine:
         self.model, self.stage = model, settings.stage
         self.ordered = [p for group in optimizer.param_groups for p in group["params"]]
         plain = optimizer.state_dict()  # before ZeRO replaces the groups' parameters by flat partitions
-        self.layout = [{k: v for k, v in group.items() if k != "params"} | {"params": group["params"]}
-                       for group in plain["param_groups"]]
+        self.group_indices = [group["params"] for group in plain["param_groups"]]  # plain AdamW's layout
         zero: dict[str, Any] = {"stage": settings.stage}
         if settings.offload_optimizer != "none":
             zero["offload_optimizer"] = {"device": settings.offload_optimizer}
@@ -162,8 +161,8 @@ class ZeroEngine:
                 for key in MOMENTS:
                     value = safe_get_full_optimizer_state(param, key)
                     state[index][key] = value.detach().reshape(self._shape(param)).cpu()
-        groups = [{k: v for k, v in now.items() if k != "params"} | {"params": saved["params"]}
-                  for now, saved in zip(self.base_optimizer.param_groups, self.layout, strict=True)]
+        groups = [{k: v for k, v in now.items() if k != "params"} | {"params": indices}
+                  for now, indices in zip(self.base_optimizer.param_groups, self.group_indices, strict=True)]
         return {"state": state, "param_groups": groups}
 
     def _load_moments(self, state: dict[int, dict[str, torch.Tensor]]) -> None:
