@@ -108,6 +108,7 @@ class ZeroEngine:
             zero["offload_optimizer"] = {"device": settings.offload_optimizer}
         if settings.offload_param != "none":
             zero["offload_param"] = {"device": settings.offload_param}
+        # The batch sizes are nominal: the trainer marks the backward that closes each step (`loss`).
         config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                   "gradient_clipping": max(grad_clip, 0.0), "zero_optimization": zero,
                   "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
