@@ -190,17 +190,21 @@ def test_deepspeed_zero_partitions_training_state_and_trains_like_one_process(tm
     accelerator): the pretraining-style trainers run their loss through a ZeRO engine, which partitions
     their optimizer state (ZeRO-3: every weight too, gathered per layer while the loss runs); the logged
     numbers and weights equal one process's when a run's first two steps and its last two are taken in
-    different launches (ZeRO-2 then ZeRO-3, ZeRO-3 then one process, one process then ZeRO-2); the other
-    trainers train data-parallel under the same launch."""
+    different launches (ZeRO-2 then ZeRO-3, ZeRO-3 then one process, one process then ZeRO-2 with the
+    optimizer state offloaded to CPU memory); the other trainers train data-parallel under the same launch."""
     pytest.importorskip("deepspeed")
     batch_trainers = ("latent", "bc")
     trainers = {k: v for k, v in TRAINERS.items() if k in (*batch_trainers, "grpo-cola")}
     only = {"COLA_TEST_TRAINERS": ",".join(trainers)}
     zero2 = dict(processes=2, config="deepspeed-zero2.yaml", games=games, **only)
+    offloaded = tmp_path / "zero2-offload.yaml"  # the optimizer state in CPU memory (DeepSpeed's offload)
+    offloaded.write_text((REPO / "configs" / "accelerate" / "deepspeed-zero2.yaml").read_text()
+                         .replace("offload_optimizer_device: none", "offload_optimizer_device: cpu"))
+    zero2_offloaded = {**zero2, "config": str(offloaded)}
     zero3 = dict(processes=2, config="deepspeed-zero3.yaml", games=games, COLA_GRADIENT_CHECKPOINTING="1",
                  **only)
     # Each run: two steps, then its checkpoint; two more steps in another launch from it.
-    for first, then, name in [(zero2, zero3, "2-3"), (zero3, {}, "3-1"), ({}, zero2, "1-2")]:
+    for first, then, name in [(zero2, zero3, "2-3"), (zero3, {}, "3-1"), ({}, zero2_offloaded, "1-2")]:
         run_worker(tmp_path / f"{name}-half", "half", **{"games": games, **only, **first})
         run_worker(tmp_path / name, "resume", str(tmp_path / f"{name}-half" / "ckpt"),
                    **{"games": games, **only, **then})

@@ -96,7 +96,7 @@ class AgentGRPOTrainer(GRPOTrainer):
         # mean weighs by its tokens over the mean per process: the average over processes is the global mean.
         tokens_all = self.processes.reduce({"n": float(total)}, summed=("n",))["n"]
         per_process = tokens_all / self.processes.world
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         sums: dict[str, float] = {}
         entropy = 0.0
         for batch in batches:  # one backward per turn: gradients accumulate, one optimizer step after

@@ -107,9 +107,8 @@ class Trainer:
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("no trainable parameters: freeze by stage (model.set_stage(...)) "
                              "before training")
-        # The model is moved, not wrapped: gradients are averaged by `Processes` (see cola.train.distributed),
-        # or, under an FSDP launch, the decoder layers are sharded in place (see cola.train.sharding), or,
-        # under a DeepSpeed launch, `train` hands the loss to a ZeRO engine (see cola.train.zero).
+        # The model is moved, not wrapped: gradients are averaged by `Processes` (cola.train.distributed), or
+        # FSDP shards its layers in place (cola.train.sharding), or `train` gives the loss to ZeRO (.zero).
         self.model = model.to(self.accelerator.device)
         if recompute.requested():
             recompute.enable_gradient_checkpointing(self.model)
@@ -120,8 +119,7 @@ class Trainer:
                                                                          "(DeepSpeed ZeRO)") else None
         self.zero: zero.ZeroEngine | None = None  # started by `train`, after a checkpoint is loaded
         self.unsharded = False
-        # accelerate's own autocast is off under DeepSpeed (whose engine would cast the weights): ours is the
-        # same under every launch.
+        # Our own bf16 autocast, the same under every launch (accelerate's is off under DeepSpeed).
         self.bf16 = self.accelerator.mixed_precision == "bf16"
         self._collect_params()
         self.optimizer = make_optimizer(self.named_params, cfg, foreach=False if self.sharding else None)
@@ -173,9 +171,14 @@ class Trainer:
 
     def optimize(self, loss: torch.Tensor) -> float:
         """Backward, clip and one optimizer step; returns the gradient norm before clipping."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         self.backward(loss)
         return self.step_optimizer()
+
+    def zero_grad(self) -> None:
+        """Forget the last step's gradients (a ZeRO engine clears its own; offloading, it keeps buffers)."""
+        if self.zero is None:
+            self.optimizer.zero_grad(set_to_none=True)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate `loss`'s gradients (through the ZeRO engine under DeepSpeed)."""
@@ -210,9 +213,7 @@ class Trainer:
         if self.zero_settings is not None and self.zero is None:  # it takes over the loaded state
             self.zero = self._start_zero()
             if self.processes.is_main:
-                held, total = self.zero.held()
-                print(f"{self.description}: DeepSpeed ZeRO-{self.zero.stage}: each process holds the "
-                      f"optimizer state of {held:,} of {total:,} trained parameters")
+                print(f"{self.description}: {self.zero.summary()}")
         for step, metrics in self.history:
             self._emit(step, metrics)
         total = self.cfg.steps if steps is None else self.global_step + steps
@@ -246,10 +247,9 @@ class Trainer:
                 self.checkpoint_dir.mkdir(parents=True)
             self.processes.barrier()
         if self.sharding is not None or self.zero is not None:  # the stage saves and evaluates a plain model
-            if self.sharding is not None:
-                self.sharding.unshard()
-            if self.zero is not None:
-                self.zero.release()
+            for sharded in (self.sharding, self.zero):
+                if sharded is not None:
+                    sharded.unshard()
             self.sharding, self.zero, self.zero_settings, self.unsharded = None, None, None, True
             self._collect_params()
         return dict(self.history[-1][1]) if self.history else {}
@@ -380,7 +380,7 @@ class BatchTrainer(Trainer):
         rows = stop - start
         micro = getattr(self.cfg, "micro_batch_size", 0) or rows
         noise_state = self.noise.get_state()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         metrics: dict[str, float] = {}
         tokens = 0
         for first in range(start, stop, micro):

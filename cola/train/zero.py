@@ -18,7 +18,7 @@ mode, bf16 weights with fp32 master copies, is not used).
 
 Checkpoints hold whole tensors (DeepSpeed's `safe_get_full_*`, gathered by every process), in the layout a
 plain AdamW writes, so a ZeRO run resumes with any process count, with or without ZeRO; when training ends
-the model holds plain whole parameters again (`ZeroEngine.release`) and the stage saves and evaluates it
+the model holds plain whole parameters again (`ZeroEngine.unshard`) and the stage saves and evaluates it
 as on one process.
 """
 
@@ -119,6 +119,11 @@ class ZeroEngine:
         if plain["state"]:
             self._load_moments(plain["state"])
 
+    def summary(self) -> str:
+        held, total = self.held()
+        return (f"DeepSpeed ZeRO-{self.stage}: each process holds the optimizer state of {held:,} of "
+                f"{total:,} trained parameters")
+
     def held(self) -> tuple[int, int]:
         """(numbers of optimizer state this process holds per Adam moment, numbers of trained parameters):
         about 1/N of them with N processes."""
@@ -198,7 +203,7 @@ class ZeroEngine:
 
     # ------------------------------------------------------------------------------------------ the end
 
-    def release(self) -> None:
+    def unshard(self) -> None:
         """Give the model back as plain modules holding whole parameters (a collective): every parameter
         a new `nn.Parameter` (ZeRO's hooks and attributes stay with the old ones), the engine's module hooks
         removed."""
