@@ -247,10 +247,9 @@ class Trainer:
                 self.checkpoint_dir.mkdir(parents=True)
             self.processes.barrier()
         if self.sharding is not None or self.zero is not None:  # the stage saves and evaluates a plain model
-            for sharded in (self.sharding, self.zero):
-                if sharded is not None:
-                    sharded.unshard()
-            self.sharding, self.zero, self.zero_settings, self.unsharded = None, None, None, True
+            for held in filter(None, (self.sharding, self.zero)):
+                held.unshard()
+            self.sharding, self.zero, self.unsharded = None, None, True  # `unsharded` bars a second train()
             self._collect_params()
         return dict(self.history[-1][1]) if self.history else {}
 
